@@ -1,0 +1,52 @@
+"""`capi-consumer` command line: parses arguments and dispatches to consumer.commands.*."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="capi-consumer",
+        description="Forward order and subscription events from Kafka to Meta's Conversions API.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="consume, map and deliver events until SIGTERM/SIGINT")
+    run.add_argument("--config", required=True, help="YAML configuration file")
+
+    mapp = sub.add_parser(
+        "map",
+        help="dry run: read records as JSON lines on stdin, print the server events that would be sent",
+    )
+    mapp.add_argument("--config", required=True, help="YAML configuration file")
+    mapp.add_argument("--topic", required=True, help="source topic whose mapping to apply")
+
+    hsh = sub.add_parser("hash", help="print a customer identifier normalized and SHA-256-hashed")
+    hsh.add_argument("field", help="user_data key: em ph fn ln ge db ct st zp country external_id")
+    hsh.add_argument("value", help="the raw value")
+    hsh.add_argument("--country", default=None, help="country hint (ISO code or name) for ph/st/zp")
+    hsh.add_argument("--default-phone-region", default=None, help="region for national phone numbers")
+
+    rep = sub.add_parser("replay", help="re-send records from a dead-letter topic")
+    rep.add_argument("--config", required=True, help="YAML configuration file")
+    rep.add_argument("--dlq-topic", default=None, help="dead-letter topic (default: every configured one)")
+    rep.add_argument("--since", default=None, help="only records dead-lettered at or after (ISO-8601)")
+    rep.add_argument("--until", default=None, help="only records dead-lettered before (ISO-8601)")
+    rep.add_argument("--reason", default=None, help="only records with this reason code")
+    rep.add_argument("--dry-run", action="store_true", help="print what would be sent; commit nothing")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"consumer.commands.{args.command}_cmd")
+    code: int = module.main(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `capi-consumer` subcommand; each exposes `main(args) -> exit code`."""
