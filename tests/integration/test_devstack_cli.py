@@ -1,0 +1,151 @@
+"""`capi-devstack` as a user runs it: one JSON line, live endpoints, and nothing left after a signal."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "consumer.devstack.cli", "--state-dir", str(tmp_path / "state")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 120)
+    assert ready, "no JSON line within 120 s"
+    line = proc.stdout.readline().decode()
+    return proc, json.loads(line)
+
+
+def _wait_gone(pids: set[int], timeout_s: float) -> set[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = {p for p in pids if _alive(p)}
+        if not left:
+            return set()
+        time.sleep(0.2)
+    return {p for p in pids if _alive(p)}
+
+
+def test_devstack_prints_endpoints_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
+    proc, endpoints = _start(tmp_path)
+    try:
+        assert set(endpoints) == {"bootstrap_servers", "schema_registry_url"}
+        host, port = endpoints["bootstrap_servers"].split(":")
+        assert host == "127.0.0.1"
+        socket.create_connection((host, int(port)), timeout=5).close()
+        with urllib.request.urlopen(endpoints["schema_registry_url"] + "/subjects", timeout=10) as resp:
+            assert json.loads(resp.read()) == []
+        started = _descendants(proc.pid)
+        assert len(started) >= 2  # broker JVM and registry JVM
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert _wait_gone(started, 10) == set()
+
+
+def test_devstack_killed_hard_takes_its_jvms_along(tmp_path: Path) -> None:
+    proc, _ = _start(tmp_path)
+    started = _descendants(proc.pid)
+    assert started
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert _wait_gone(started, 20) == set()
+
+
+def test_state_dir_keeps_topics_and_schemas_between_runs(tmp_path: Path) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    schema = '{"type": "record", "name": "Kept", "fields": [{"name": "a", "type": "int"}]}'
+    proc, endpoints = _start(tmp_path)
+    try:
+        admin = AdminClient({"bootstrap.servers": endpoints["bootstrap_servers"]})
+        admin.create_topics([NewTopic("kept", num_partitions=2, replication_factor=1)])["kept"].result(30)
+        registry = SchemaRegistryClient({"url": endpoints["schema_registry_url"]})
+        schema_id = registry.register_schema("kept-value", Schema(schema, "AVRO"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    proc, endpoints = _start(tmp_path)
+    try:
+        admin = AdminClient({"bootstrap.servers": endpoints["bootstrap_servers"]})
+        topics = admin.list_topics(timeout=30).topics
+        assert "kept" in topics and len(topics["kept"].partitions) == 2
+        registry = SchemaRegistryClient({"url": endpoints["schema_registry_url"]})
+        assert "Kept" in registry.get_schema(schema_id).schema_str
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_missing_java_gives_one_line_error(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PATH": "/nonexistent",
+        "JAVA_HOME": "/nonexistent",
+        "CAPI_CACHE_DIR": str(tmp_path / "empty-cache"),
+    }
+    # /usr/lib/jvm is searched too, so the child process empties the candidate list itself.
+    code = (
+        "import sys, consumer.devstack.artifacts as a;"
+        "a._candidates = lambda: [];"
+        "from consumer.devstack.cli import main; sys.exit(main([]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Java 17+" in lines[0] and "install" in lines[0]
+
+
+def test_missing_maven_with_empty_cache_gives_one_line_error(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": "/nonexistent", "CAPI_CACHE_DIR": str(tmp_path / "empty-cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "consumer.devstack.cli"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mvn not found" in lines[0] and "install Maven" in lines[0]
