@@ -1,0 +1,534 @@
+"""Customer-information normalization and SHA-256 hashing for Meta's `user_data` (pure, no I/O).
+
+The rules are the project's contract, ``shared/docs/normalization.md``: every identifier is converted
+to text, NFC-normalized and trimmed, then put through its field rule and hashed (SHA-256, lowercase hex
+of the UTF-8 bytes). A value that fails its rule is never sent: it becomes an :class:`Omission` with a
+machine-readable reason that metrics and the dead-letter topic carry. Reasons and exception messages
+never contain the raw value.
+
+Omission reasons (module constants, lower_snake):
+
+==========================  ===================================================================
+``empty``                   nothing left after NFC and trimming
+``invalid_type``            a Python type the field cannot take (float, bool, bytes, a date
+                            outside ``db`` ...)
+``unknown_field``           the key is not a known ``user_data`` key
+``md5_not_accepted``        a 32-hex value (an MD5) in a hashed field other than external_id
+``hash_of_empty``           a pre-hashed value that is the SHA-256 of "" (an upstream bug)
+``invalid_email``           ``em`` does not look like ``local@domain.tld``
+``invalid_phone``           ``ph`` cannot be parsed, is not a complete possible number, or has no
+                            country code and no region to supply one
+``invalid_name``            ``fn``/``ln`` with no letter, mark or digit
+``unmapped_gender``         ``ge`` is not f/female/woman/m/male/man
+``invalid_date``            ``db`` is unparseable or impossible (1997-02-30)
+``date_out_of_range``       ``db`` before 1900 or in the future
+``invalid_city``            ``ct`` with no letter or mark
+``invalid_state``           ``st`` with no letter or mark
+``invalid_zip``             ``zp`` with nothing but spaces and dashes
+``unknown_country``         ``country`` is not an ISO 3166-1 code or known English name
+``invalid_ip``              ``client_ip_address`` is not an IPv4/IPv6 address
+``multiple_values``         a second, different value for a key Meta takes as a single string
+==========================  ===================================================================
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import ipaddress
+import re
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import phonenumbers
+import pycountry
+
+from consumer.us_states import US_STATE_CODES
+
+HASHED_FIELDS: Final[tuple[str, ...]] = (
+    "em",
+    "ph",
+    "fn",
+    "ln",
+    "ge",
+    "db",
+    "ct",
+    "st",
+    "zp",
+    "country",
+    "external_id",
+)
+UNHASHED_FIELDS: Final[tuple[str, ...]] = (
+    "client_ip_address",
+    "client_user_agent",
+    "fbc",
+    "fbp",
+    "subscription_id",
+    "lead_id",
+    "fb_login_id",
+    "anon_id",
+    "madid",
+    "page_id",
+)
+MESSAGING_FIELDS: Final[tuple[str, ...]] = (
+    "page_scoped_user_id",
+    "ctwa_clid",
+    "ig_account_id",
+    "ig_sid",
+    "whatsapp_business_account_id",
+    "instagram_business_account_id",
+)
+"""Unhashed business-messaging identifiers (capi-reference §3.1); passed through like UNHASHED_FIELDS."""
+
+EMPTY: Final = "empty"
+INVALID_TYPE: Final = "invalid_type"
+UNKNOWN_FIELD: Final = "unknown_field"
+MD5_NOT_ACCEPTED: Final = "md5_not_accepted"
+HASH_OF_EMPTY: Final = "hash_of_empty"
+INVALID_EMAIL: Final = "invalid_email"
+INVALID_PHONE: Final = "invalid_phone"
+INVALID_NAME: Final = "invalid_name"
+UNMAPPED_GENDER: Final = "unmapped_gender"
+INVALID_DATE: Final = "invalid_date"
+DATE_OUT_OF_RANGE: Final = "date_out_of_range"
+INVALID_CITY: Final = "invalid_city"
+INVALID_STATE: Final = "invalid_state"
+INVALID_ZIP: Final = "invalid_zip"
+UNKNOWN_COUNTRY: Final = "unknown_country"
+INVALID_IP: Final = "invalid_ip"
+MULTIPLE_VALUES: Final = "multiple_values"
+
+OMISSION_REASONS: Final[frozenset[str]] = frozenset(
+    {
+        EMPTY,
+        INVALID_TYPE,
+        UNKNOWN_FIELD,
+        MD5_NOT_ACCEPTED,
+        HASH_OF_EMPTY,
+        INVALID_EMAIL,
+        INVALID_PHONE,
+        INVALID_NAME,
+        UNMAPPED_GENDER,
+        INVALID_DATE,
+        DATE_OUT_OF_RANGE,
+        INVALID_CITY,
+        INVALID_STATE,
+        INVALID_ZIP,
+        UNKNOWN_COUNTRY,
+        INVALID_IP,
+        MULTIPLE_VALUES,
+    }
+)
+
+SHA256_OF_EMPTY: Final = hashlib.sha256(b"").hexdigest()
+
+_HASHED: Final = frozenset(HASHED_FIELDS)
+_PASSTHROUGH: Final = frozenset(UNHASHED_FIELDS) | frozenset(MESSAGING_FIELDS)
+# Only these rules read the country; keying the cache on the hint for the others would split hits.
+_HINTED: Final = frozenset({"ph", "st", "zp"})
+# Dates of birth depend on "today", so a cached verdict could go stale; parsing them is cheap anyway.
+_UNCACHED: Final = frozenset({"db"})
+
+_HEX_RE: Final = re.compile(r"[0-9a-fA-F]+")
+_EMAIL_RE: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_NOT_ASCII_ALNUM_RE: Final = re.compile(r"[^a-z0-9]+")
+_NOT_ASCII_ALPHA_RE: Final = re.compile(r"[^a-z]+")
+_ZIP_DROP_RE: Final = re.compile(r"[\s\-]+")
+_DATE_YMD_RE: Final = re.compile(r"([0-9]{4})([-/])([0-9]{1,2})\2([0-9]{1,2})")
+_DATE_COMPACT_RE: Final = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})")
+_DATE_MDY_RE: Final = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
+
+_GENDERS: Final = {"f": "f", "female": "f", "woman": "f", "m": "m", "male": "m", "man": "m"}
+_MIN_BIRTH_YEAR: Final = 1900
+# "Future" is judged in the earliest time zone on Earth, so a baby born today in Kiribati is valid.
+_EARLIEST_UTC_OFFSET: Final = dt.timedelta(hours=14)
+
+# English names pycountry does not know (it has ISO short and official names, few common ones).
+# "UK" is the only one the contract requires; the rest are the usual names shops collect.
+_COUNTRY_ALIASES: Final = {
+    "uk": "gb",
+    "greatbritain": "gb",
+    "england": "gb",
+    "scotland": "gb",
+    "wales": "gb",
+    "northernireland": "gb",
+    "russia": "ru",
+    "turkey": "tr",
+    "macedonia": "mk",
+    "capeverde": "cv",
+    "ivorycoast": "ci",
+    "swaziland": "sz",
+    "burma": "mm",
+    "vatican": "va",
+    "holland": "nl",
+    "brunei": "bn",
+    "micronesia": "fm",
+    "palestine": "ps",
+    "drcongo": "cd",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    """A value that goes into `user_data`.
+
+    `normalized` is the string before hashing; `value` is what is sent: its SHA-256 (64 lowercase hex)
+    for hashed fields, the trimmed text for unhashed ones.
+    """
+
+    field: str
+    normalized: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Omission:
+    """A value left out of `user_data`; `reason` is one of OMISSION_REASONS and never contains PII."""
+
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserDataResult:
+    """`user_data` ready to send plus every value that was left out, in input order."""
+
+    user_data: dict[str, str | list[str]]
+    omitted: tuple[Omission, ...]
+
+
+def sha256_hex(text: str) -> str:
+    """SHA-256 of the UTF-8 bytes of `text`, lowercase hex (64 characters)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _nfc(text: str) -> str:
+    # ASCII is always NFC; skipping the call keeps the common case cheap.
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFC", text)
+
+
+def _is_hex(text: str, length: int) -> bool:
+    return len(text) == length and _HEX_RE.fullmatch(text) is not None
+
+
+def _keep_categories(text: str, ascii_re: re.Pattern[str], keep: Callable[[str], bool]) -> str:
+    """`text` (already lowercase) reduced to the characters `keep` accepts."""
+    if text.isascii():
+        return ascii_re.sub("", text)
+    # Dropping a character can leave a base letter next to a combining mark, hence the final NFC.
+    return unicodedata.normalize("NFC", "".join(ch for ch in text if keep(ch)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_letter_mark_digit(ch: str) -> bool:
+    cat = unicodedata.category(ch)
+    return cat[0] in "LM" or cat == "Nd"
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_letter_mark(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in "LM"
+
+
+def _letters_marks_digits(text: str) -> str:
+    return _keep_categories(text, _NOT_ASCII_ALNUM_RE, _is_letter_mark_digit)
+
+
+def _letters_marks(text: str) -> str:
+    return _keep_categories(text, _NOT_ASCII_ALPHA_RE, _is_letter_mark)
+
+
+def _country_key(text: str) -> str:
+    """Lookup key for a country code or name: lowercase letters and marks only."""
+    return _letters_marks(_nfc(text).lower())
+
+
+def _strip_accents(text: str) -> str:
+    return "".join(ch for ch in unicodedata.normalize("NFD", text) if not unicodedata.combining(ch))
+
+
+@functools.cache
+def _country_index() -> dict[str, str]:
+    """Every alpha-2, alpha-3 and English name pycountry knows (plus aliases) -> lowercase alpha-2."""
+    index: dict[str, str] = {}
+    countries = list(pycountry.countries)
+    # Codes first so that no name can shadow a code.
+    for attrs in (("alpha_2",), ("alpha_3",), ("name", "common_name", "official_name")):
+        for country in countries:
+            code = str(country.alpha_2).lower()
+            for attr in attrs:
+                label = getattr(country, attr, None)
+                if isinstance(label, str) and label:
+                    key = _country_key(label)
+                    index.setdefault(key, code)
+                    index.setdefault(_strip_accents(key), code)
+    for alias, code in _COUNTRY_ALIASES.items():
+        index.setdefault(alias, code)
+    return index
+
+
+@functools.cache
+def _country_by_hash() -> dict[str, str]:
+    """SHA-256 of each lowercase alpha-2 -> the code, so that a pre-hashed `country` still gives a hint."""
+    return {sha256_hex(code): code for code in set(_country_index().values())}
+
+
+@functools.lru_cache(maxsize=4096)
+def country_code(text: str) -> str | None:
+    """Lowercase ISO 3166-1 alpha-2 for a code, alpha-3 or English name (`UK` -> `gb`); None if unknown."""
+    text = _nfc(text).strip()
+    if _is_hex(text, 64):
+        return _country_by_hash().get(text.lower())
+    key = _country_key(text)
+    if not key:
+        return None
+    index = _country_index()
+    return index.get(key) or index.get(_strip_accents(key))
+
+
+def _phone(text: str, region: str | None) -> str | None:
+    """E.164 digits without `+`, or None. `region` is an uppercase phonenumbers region code."""
+    if text.startswith("+"):
+        international: str | None = text
+    elif text.startswith("00"):
+        international = "+" + text[2:]
+    else:
+        international = None
+    if international is None and region is None:
+        digits = phonenumbers.normalize_digits_only(text).lstrip("0")
+        return digits if 8 <= len(digits) <= 15 else None
+    try:
+        number = phonenumbers.parse(international or text, None if international else region)
+    except phonenumbers.NumberParseException:
+        return None
+    # IS_POSSIBLE_LOCAL_ONLY (a number without its area code) cannot match anybody, so it is omitted.
+    if phonenumbers.is_possible_number_with_reason(number) != phonenumbers.ValidationResult.IS_POSSIBLE:
+        return None
+    return f"{number.country_code}{phonenumbers.national_significant_number(number)}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Fail:
+    """A field rule's verdict that the value is omitted, kept apart from any text a rule can return."""
+
+    reason: str
+
+
+_FAILS: Final = {reason: _Fail(reason) for reason in OMISSION_REASONS}
+
+
+def _birth_date(value: str | dt.date, today: dt.date) -> str | _Fail:
+    """`YYYYMMDD`, or why the date is omitted; dates after `today` are in the future."""
+    if isinstance(value, dt.datetime):
+        day: dt.date = value.date()
+    elif isinstance(value, dt.date):
+        day = value
+    else:
+        parsed = _parse_date(value)
+        if parsed is None:
+            return _FAILS[INVALID_DATE]
+        day = parsed
+    if day.year < _MIN_BIRTH_YEAR or day > today:
+        return _FAILS[DATE_OUT_OF_RANGE]
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}"
+
+
+def _parse_date(text: str) -> dt.date | None:
+    if len(text) > 10 and text[10] in "Tt ":
+        try:
+            return dt.datetime.fromisoformat(text).date()
+        except ValueError:
+            return None
+    try:
+        if m := _DATE_YMD_RE.fullmatch(text):
+            return dt.date(int(m[1]), int(m[3]), int(m[4]))
+        if m := _DATE_COMPACT_RE.fullmatch(text):
+            return dt.date(int(m[1]), int(m[2]), int(m[3]))
+        if m := _DATE_MDY_RE.fullmatch(text):
+            return dt.date(int(m[3]), int(m[1]), int(m[2]))
+    except ValueError:
+        return None
+    return None
+
+
+def _values(raw: object) -> Iterable[object]:
+    if isinstance(raw, list | tuple):
+        return [v for v in raw if v is not None]
+    return () if raw is None else (raw,)
+
+
+class Normalizer:
+    """Turns raw customer identifiers into `user_data` values (see the module docstring for reasons).
+
+    `default_phone_region` (ISO code or name) parses national phone numbers when the event carries no
+    country. `hash_external_id=False` sends `external_id` trimmed but unhashed, for sites whose Pixel
+    sends it raw. Results are kept in an LRU cache of `cache_size` entries (0 disables it) so that
+    repeat customers cost one dict lookup. `clock` returns Unix seconds and decides which birth dates
+    lie in the future.
+    """
+
+    __slots__ = ("_clock", "_compute", "_hash_external_id", "_phone_default")
+
+    def __init__(
+        self,
+        *,
+        default_phone_region: str | None = None,
+        hash_external_id: bool = True,
+        cache_size: int = 65536,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._phone_default: str | None = None
+        if default_phone_region is not None:
+            code = country_code(default_phone_region)
+            if code is None or code.upper() not in phonenumbers.SUPPORTED_REGIONS:
+                raise ValueError(f"default_phone_region {default_phone_region!r} is not a known phone region")
+            self._phone_default = code.upper()
+        self._hash_external_id = hash_external_id
+        self._clock = clock
+        if cache_size < 0:
+            raise ValueError("cache_size must be >= 0")
+        compute: Callable[[str, object, str | None], Normalized | Omission] = self._uncached
+        self._compute = functools.lru_cache(maxsize=cache_size)(compute) if cache_size else compute
+
+    def normalize(
+        self, field: str, value: object, *, country_hint: str | None = None
+    ) -> Normalized | Omission:
+        """Normalize one raw value of `field`; `country_hint` (code or name) steers ph, st and zp."""
+        hint = country_code(country_hint) if country_hint is not None else None
+        return self._normalize(field, value, hint)
+
+    def cache_stats(self) -> tuple[int, int, int]:
+        """(hits, misses, current size) of the result cache; all zero when it is disabled."""
+        info = getattr(self._compute, "cache_info", None)
+        if info is None:
+            return (0, 0, 0)
+        hits, misses, _maxsize, size = info()
+        return (hits, misses, size)
+
+    def user_data(self, raw: Mapping[str, object]) -> UserDataResult:
+        """Normalize a mapping of user_data key -> raw value (or list of raw values); None is ignored.
+
+        The normalized `country` of the same mapping is the country hint for ph, st and zp. Hashed keys
+        come out as a string for one value and a de-duplicated list, in input order, for several.
+        """
+        hint: str | None = None
+        for value in _values(raw.get("country")):
+            result = self._normalize("country", value, None)
+            if isinstance(result, Normalized):
+                # country_code() also maps a pre-hashed country back to its code.
+                hint = country_code(result.normalized)
+                break
+        out: dict[str, str | list[str]] = {}
+        omitted: list[Omission] = []
+        for field, raw_value in raw.items():
+            sent: list[str] = []
+            for value in _values(raw_value):
+                result = self._normalize(field, value, hint)
+                if isinstance(result, Omission):
+                    omitted.append(result)
+                elif result.value not in sent:
+                    sent.append(result.value)
+            if not sent:
+                continue
+            if field in _HASHED:
+                out[field] = sent[0] if len(sent) == 1 else sent
+            else:
+                out[field] = sent[0]
+                omitted.extend(Omission(field, MULTIPLE_VALUES) for _ in sent[1:])
+        return UserDataResult(out, tuple(omitted))
+
+    def _normalize(self, field: str, value: object, hint: str | None) -> Normalized | Omission:
+        # bool is an int and True == 1 would share 1's cache entry, so types are settled before the cache.
+        if isinstance(value, bool) or not isinstance(value, str | int | dt.date):
+            return Omission(field, INVALID_TYPE)
+        if isinstance(value, dt.date) and field != "db":
+            return Omission(field, INVALID_TYPE)
+        if field in _UNCACHED:
+            return self._uncached(field, value, None)
+        return self._compute(field, value, hint if field in _HINTED else None)
+
+    def _uncached(self, field: str, value: object, hint: str | None) -> Normalized | Omission:
+        if field in _HASHED:
+            return self._hashed(field, value, hint)
+        if field in _PASSTHROUGH:
+            return self._unhashed(field, value)
+        return Omission(field, UNKNOWN_FIELD)
+
+    def _unhashed(self, field: str, value: object) -> Normalized | Omission:
+        text = _nfc(str(value)).strip()
+        if not text:
+            return Omission(field, EMPTY)
+        if field == "client_ip_address":
+            try:
+                ipaddress.ip_address(text)
+            except ValueError:
+                return Omission(field, INVALID_IP)
+        return Normalized(field, text, text)
+
+    def _hashed(self, field: str, value: object, hint: str | None) -> Normalized | Omission:
+        if isinstance(value, dt.date):
+            text: str = ""
+        else:
+            text = _nfc(str(value)).strip()
+            if not text:
+                return Omission(field, EMPTY)
+            if _is_hex(text, 64):
+                digest = text.lower()
+                if digest == SHA256_OF_EMPTY:
+                    return Omission(field, HASH_OF_EMPTY)
+                return Normalized(field, digest, digest)
+        if field == "external_id":
+            # A 32-hex external_id is usually uuid4().hex, an ordinary ID, so it is hashed like any other.
+            return Normalized(field, text, sha256_hex(text) if self._hash_external_id else text)
+        if _is_hex(text, 32):
+            return Omission(field, MD5_NOT_ACCEPTED)
+        normalized = self._apply_rule(field, value if isinstance(value, dt.date) else text, hint)
+        if isinstance(normalized, _Fail):
+            return Omission(field, normalized.reason)
+        # A rule can distil garbage into 32 hex characters; omitting it keeps the rules idempotent.
+        if _is_hex(normalized, 32):
+            return Omission(field, MD5_NOT_ACCEPTED)
+        return Normalized(field, normalized, sha256_hex(normalized))
+
+    def _apply_rule(self, field: str, value: str | dt.date, hint: str | None) -> str | _Fail:
+        """The field rule applied to trimmed NFC text (or a date for `db`): normalized text or a failure."""
+        if field == "db":
+            today = (dt.datetime.fromtimestamp(self._clock(), dt.UTC) + _EARLIEST_UTC_OFFSET).date()
+            return _birth_date(value, today)
+        text = str(value)
+        if field == "em":
+            email = _nfc(text.lower())
+            return email if _EMAIL_RE.fullmatch(email) else _FAILS[INVALID_EMAIL]
+        if field == "ph":
+            region = hint.upper() if hint is not None else None
+            if region not in phonenumbers.SUPPORTED_REGIONS:
+                region = self._phone_default
+            phone = _phone(text, region)
+            return phone if phone else _FAILS[INVALID_PHONE]
+        if field in ("fn", "ln"):
+            return _letters_marks_digits(text.lower()) or _FAILS[INVALID_NAME]
+        if field == "ge":
+            return _GENDERS.get(_letters_marks(text.lower()), _FAILS[UNMAPPED_GENDER])
+        if field == "ct":
+            return _letters_marks(text.lower()) or _FAILS[INVALID_CITY]
+        if field == "st":
+            state = _letters_marks(text.lower())
+            if not state:
+                return _FAILS[INVALID_STATE]
+            return US_STATE_CODES.get(state, state) if hint in (None, "us") else state
+        if field == "zp":
+            zip_code = _ZIP_DROP_RE.sub("", _nfc(text.lower()))
+            if not zip_code:
+                return _FAILS[INVALID_ZIP]
+            if hint in (None, "us") and zip_code.isascii() and zip_code.isdigit() and len(zip_code) in (5, 9):
+                return zip_code[:5]
+            return zip_code
+        if field == "country":
+            return country_code(text) or _FAILS[UNKNOWN_COUNTRY]
+        raise AssertionError(f"no rule for hashed field {field}")

@@ -1,0 +1,104 @@
+"""Property-based checks of the normalizer (Hypothesis)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import string
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumer.normalize import (
+    HASHED_FIELDS,
+    OMISSION_REASONS,
+    SHA256_OF_EMPTY,
+    Normalized,
+    Normalizer,
+    Omission,
+)
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# Fields whose rule reads no country; ph/st/zp are checked with their own hint below.
+UNHINTED = [f for f in HASHED_FIELDS if f not in ("ph", "st", "zp")]
+
+NORMALIZER = Normalizer(cache_size=0, clock=lambda: 1_800_000_000.0)
+
+raw_text = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]),
+    max_size=40,
+)
+# Text shaped like real identifiers reaches the field rules' success paths far more often.
+identifier_text = st.one_of(
+    raw_text,
+    st.text(alphabet=string.ascii_letters + string.digits + " -.'@+()/", max_size=30),
+    st.from_regex(r"[A-Za-z.]{1,12}@[a-z]{1,8}\.[a-z]{2,4}", fullmatch=True),
+    st.from_regex(r"\+?[0-9 ()-]{7,18}", fullmatch=True),
+    st.dates(min_value=dt.date(1890, 1, 1), max_value=dt.date(2030, 1, 1)).map(
+        lambda d: d.strftime("%m/%d/%Y")
+    ),
+)
+hints = st.sampled_from([None, "US", "GB", "DE", "FR", "JP", "BR", "IN", "Georgia"])
+
+
+@settings(max_examples=300)
+@given(field=st.sampled_from(UNHINTED), value=identifier_text)
+def test_normalizing_a_normalized_value_changes_nothing(field: str, value: str) -> None:
+    first = NORMALIZER.normalize(field, value)
+    if isinstance(first, Normalized):
+        again = NORMALIZER.normalize(field, first.normalized)
+        assert isinstance(again, Normalized)
+        assert again.normalized == first.normalized
+
+
+@settings(max_examples=300)
+@given(field=st.sampled_from(["ph", "st", "zp"]), value=identifier_text, hint=hints)
+def test_hinted_fields_are_idempotent_under_the_same_hint(field: str, value: str, hint: str | None) -> None:
+    first = NORMALIZER.normalize(field, value, country_hint=hint)
+    if isinstance(first, Normalized):
+        # A phone's output carries its country code, so it is re-read as international ("+" form).
+        again_input = "+" + first.normalized if field == "ph" else first.normalized
+        again = NORMALIZER.normalize(field, again_input, country_hint=hint)
+        assert isinstance(again, Normalized)
+        assert again.normalized == first.normalized
+
+
+@settings(max_examples=300)
+@given(field=st.sampled_from(["ph", "st", "zp"]), value=identifier_text)
+def test_hinted_fields_without_a_hint_are_idempotent(field: str, value: str) -> None:
+    first = NORMALIZER.normalize(field, value)
+    if isinstance(first, Normalized):
+        again = NORMALIZER.normalize(field, first.normalized)
+        assert isinstance(again, Normalized)
+        assert again.normalized == first.normalized
+
+
+@settings(max_examples=500)
+@given(field=st.sampled_from(HASHED_FIELDS), value=identifier_text, hint=hints)
+def test_hashes_are_64_lowercase_hex_and_never_of_the_empty_string(
+    field: str, value: str, hint: str | None
+) -> None:
+    result = NORMALIZER.normalize(field, value, country_hint=hint)
+    if isinstance(result, Normalized):
+        assert SHA256_HEX.fullmatch(result.value)
+        assert result.value != SHA256_OF_EMPTY
+        assert result.normalized != ""
+    else:
+        assert result.reason in OMISSION_REASONS
+
+
+@given(field=st.sampled_from(HASHED_FIELDS), digest=st.from_regex(r"[0-9a-fA-F]{64}", fullmatch=True))
+def test_an_existing_sha256_passes_through(field: str, digest: str) -> None:
+    result = NORMALIZER.normalize(field, f" {digest}\n")
+    if digest.lower() == SHA256_OF_EMPTY:
+        assert result == Omission(field, "hash_of_empty")
+    else:
+        assert result == Normalized(field, digest.lower(), digest.lower())
+
+
+@given(value=raw_text)
+def test_omissions_never_echo_the_value(value: str) -> None:
+    for field in HASHED_FIELDS:
+        result = NORMALIZER.normalize(field, value)
+        if isinstance(result, Omission):
+            assert result.reason in OMISSION_REASONS
