@@ -1,0 +1,1087 @@
+"""The one home of configuration: typed model, YAML loading, environment overrides, secrets.
+
+`load_config()` reads a YAML file, applies `CAPI__SECTION__KEY=value` environment overrides,
+validates everything with pydantic (unknown keys are errors), resolves secrets from environment
+variables or mounted files, and loads the Avro schema files the topics name. Every problem is
+reported at once as `<key path>: <reason>` in a `ConfigError`.
+
+Secrets never appear in the file: the file names where a secret comes from (`*_env` holds the name
+of an environment variable, `*_file` a path such as `/run/secrets/capi_token`), the resolved value
+is held as a `pydantic.SecretStr` so it never prints, and a literal secret in the file is an error.
+
+`AppConfig.consumer_properties()` / `producer_properties()` / `schema_registry_conf()` are the only
+place where configuration becomes librdkafka or Schema Registry client settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, get_args
+
+import fastavro
+import pycountry
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ACTION_SOURCES",
+    "CANONICAL_EVENT_TYPES",
+    "DEFAULT_EVENT_NAMES",
+    "DEFAULT_SEND_EVENT_TYPES",
+    "ENV_PREFIX",
+    "USER_DATA_KEYS",
+    "AppConfig",
+    "BatchingConfig",
+    "CapiConfig",
+    "ConfigError",
+    "ContentsSpec",
+    "DestinationConfig",
+    "DlqConfig",
+    "EventNameSpec",
+    "EventTimeSpec",
+    "FilterSpec",
+    "KafkaConfig",
+    "LimitedDataUseSpec",
+    "LimitsConfig",
+    "MappingSpec",
+    "MetricsConfig",
+    "NormalizationConfig",
+    "RecordTypeOverride",
+    "SchemaRegistryConfig",
+    "SecretRef",
+    "ShutdownConfig",
+    "TopicConfig",
+    "load_config",
+]
+
+ENV_PREFIX = "CAPI__"
+"""Environment variables starting with this override file keys; `__` separates nesting levels."""
+
+LibrdkafkaValue = str | int | float | bool
+
+ActionSource = Literal[
+    "email",
+    "website",
+    "app",
+    "phone_call",
+    "chat",
+    "physical_store",
+    "system_generated",
+    "business_messaging",
+    "other",
+]
+ACTION_SOURCES: tuple[str, ...] = get_args(ActionSource)
+
+UserDataKey = Literal[
+    "em",
+    "ph",
+    "fn",
+    "ln",
+    "ge",
+    "db",
+    "ct",
+    "st",
+    "zp",
+    "country",
+    "external_id",
+    "client_ip_address",
+    "client_user_agent",
+    "fbc",
+    "fbp",
+    "subscription_id",
+    "lead_id",
+    "fb_login_id",
+    "anon_id",
+    "madid",
+    "page_id",
+]
+USER_DATA_KEYS: tuple[str, ...] = get_args(UserDataKey)
+
+TopicKind = Literal["order", "subscription", "custom"]
+
+CANONICAL_EVENT_TYPES: dict[str, tuple[str, ...]] = {
+    "order": ("placed", "completed", "refunded"),
+    "subscription": ("started", "trial_started", "renewed", "cancelled"),
+}
+"""Event types (Avro enum symbols) of the canonical schemas in `schemas/`, per topic kind."""
+
+# Purchase on `placed` is the usual choice: it is when the Pixel fires its own Purchase on the
+# confirmation page (same order ID, so Meta deduplicates), and it is what ad optimisation wants to
+# learn from. `completed` can be added (same event_id, so Meta drops it as a duplicate within 48 h) or
+# used instead for businesses that only count fulfilled orders.
+DEFAULT_SEND_EVENT_TYPES: dict[str, tuple[str, ...]] = {
+    "order": ("placed",),
+    "subscription": ("started", "trial_started", "renewed"),
+}
+DEFAULT_EVENT_NAMES: dict[str, dict[str, str]] = {
+    "order": {"placed": "Purchase", "completed": "Purchase", "refunded": "OrderRefunded"},
+    "subscription": {
+        "started": "Subscribe",
+        "trial_started": "StartTrial",
+        "renewed": "Purchase",
+        "cancelled": "SubscriptionCancelled",
+    },
+}
+
+# librdkafka keys that the typed configuration owns; setting them in a passthrough map would make the
+# typed key a lie (or break the at-least-once contract), so they are errors with a pointer.
+_OWNED_KAFKA_KEYS: dict[str, str] = {
+    "bootstrap.servers": "use kafka.bootstrap_servers",
+    "group.id": "use kafka.group_id",
+    "group.protocol": "use kafka.group_protocol",
+    "partition.assignment.strategy": "set by kafka.group_protocol (classic = cooperative-sticky)",
+    "enable.auto.commit": "always true: stored offsets are committed in the background",
+    "queued.max.messages.kbytes": "use limits.queued_max_messages_kbytes",
+    "enable.idempotence": "always true for the dead-letter producer",
+    "acks": "always all for the dead-letter producer",
+    "transactional.id": "the dead-letter producer is not transactional",
+}
+# librdkafka: with the default enable.auto.offset.store=true an offset is stored as soon as
+# consume() returns the record, so the background commit can commit records that were never
+# delivered; a crash then loses them. We store offsets ourselves after a record is settled.
+_AUTO_OFFSET_STORE = "enable.auto.offset.store"
+# Resetting to the end would silently skip every unread record of a new group or an expired offset.
+_SAFE_OFFSET_RESETS = frozenset({"earliest", "smallest", "beginning", "error"})
+_SECRET_KAFKA_KEYS = frozenset({"ssl.key.pem", "sasl.oauthbearer.config", "ssl_engine_callback_data"})
+# Kafka and registry settings that name files; relative values resolve against the config directory.
+_PATH_PROPERTY_SUFFIXES = (".location", ".keytab")
+
+# Keys people try to write a literal secret under, with the key to use instead.
+_LITERAL_SECRET_HINTS: dict[str, str] = {
+    "access_token": "use access_token_env or access_token_file",
+    "app_secret": "use app_secret_env or app_secret_file",
+    "sasl_password": "use kafka.sasl_password_env or kafka.sasl_password_file",
+    "password": "use an *_env or *_file key",
+    "basic_auth": "use schema_registry.basic_auth_env or basic_auth_file",
+    "basic.auth.user.info": "use schema_registry.basic_auth_env or basic_auth_file",
+    "bearer_token": "use schema_registry.bearer_token_env or bearer_token_file",
+    "bearer.auth.token": "use schema_registry.bearer_token_env or bearer_token_file",
+}
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_DEST_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class _Problems(ValueError):
+    """Validation problems located below the model being validated: (relative key path, reason).
+
+    Raised from validators so that each problem is reported at its own key path (pydantic would put
+    a plain ValueError at the model's path); `_format_validation_error` expands it.
+    """
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self.items = items
+        super().__init__("; ".join(f"{k}: {r}" if k else r for k, r in items))
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. `problems` holds one `<key path>: <reason>` per problem."""
+
+    def __init__(self, problems: list[str], source: str | Path | None = None) -> None:
+        self.problems = list(problems)
+        where = f" ({source})" if source is not None else ""
+        lines = "".join(f"\n  {p}" for p in self.problems)
+        super().__init__(f"invalid configuration{where}:{lines}")
+
+
+# --- reusable field types -------------------------------------------------------------------------
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Resolve a relative path against the config file's directory (passed as validation context)."""
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        return (Path(base) / value).resolve()
+    return value
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError("not a valid environment variable name")
+    return value
+
+
+def _check_field_path(value: str) -> str:
+    if not _FIELD_PATH.match(value):
+        raise ValueError("not a dotted field path (e.g. customer.email)")
+    return value
+
+
+def _check_scalar(value: Any) -> Any:
+    if value is not None and not isinstance(value, str | int | float | bool):
+        raise ValueError("must be a string, number or boolean")
+    return value
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _int_to_str(value: Any) -> Any:
+    # YAML reads an unquoted pixel ID as an int; a pixel ID is an opaque digit string.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
+FieldPath = Annotated[str, AfterValidator(_check_field_path)]
+Scalar = Annotated[Any, AfterValidator(_check_scalar)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _exactly_one(model: BaseModel, *names: str, required: bool = True) -> None:
+    given = [n for n in names if getattr(model, n) is not None]
+    if len(given) > 1 or (required and not given):
+        raise ValueError(f"set exactly one of {' or '.join(names)}")
+
+
+def _read_secret(env_name: str | None, file: Path | None, key: str, env: Mapping[str, str]) -> SecretStr:
+    """Read a secret from the environment variable or file a config key names; ValueError names both."""
+    if env_name is not None:
+        value = env.get(env_name)
+        if value is None:
+            raise ValueError(f"{key}_env: environment variable {env_name} is not set")
+        if not value.strip():
+            raise ValueError(f"{key}_env: environment variable {env_name} is empty")
+        return SecretStr(value.strip())
+    if file is not None:
+        try:
+            # Mounted secrets usually end with a newline; no token contains surrounding whitespace.
+            text = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"{key}_file: cannot read {file}: {exc.strerror or exc}") from None
+        if not text:
+            raise ValueError(f"{key}_file: {file} is empty")
+        return SecretStr(text)
+    raise ValueError(f"{key}: no secret source configured")
+
+
+# --- kafka ------------------------------------------------------------------------------------------
+
+
+class SecretRef(_Model):
+    """Where one secret librdkafka property comes from: an environment variable or a file."""
+
+    env: EnvName | None = None
+    file: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        _exactly_one(self, "env", "file")
+        return self
+
+
+def _check_librdkafka_map(props: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    problems: list[tuple[str, str]] = []
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        lowered = key.lower()
+        if not isinstance(value, str | int | float | bool):
+            problems.append((key, "must be a string, number or boolean"))
+        elif lowered in _OWNED_KAFKA_KEYS:
+            problems.append((key, f"cannot be set here: {_OWNED_KAFKA_KEYS[lowered]}"))
+        elif lowered == _AUTO_OFFSET_STORE and str(value).lower() not in ("false", "0"):
+            reason = "true is refused: offsets are stored only once a record is delivered or dead-lettered"
+            problems.append((key, reason))
+        elif lowered == "auto.offset.reset" and str(value).lower() not in _SAFE_OFFSET_RESETS:
+            problems.append(
+                (key, f"{value} is refused: it would skip unread records (use earliest or error)")
+            )
+        elif "password" in lowered or "secret" in lowered or lowered in _SECRET_KAFKA_KEYS:
+            reason = "literal secrets are not allowed in the config file; use kafka.sasl_password_env/_file "
+            problems.append((key, reason + "or kafka.secret_properties"))
+        else:
+            if isinstance(value, str) and lowered.endswith(_PATH_PROPERTY_SUFFIXES) and value != "probe":
+                value = str(_resolve_path(Path(value), info))
+            out[key] = value
+    if problems:
+        raise _Problems(problems)
+    return out
+
+
+class KafkaConfig(_Model):
+    """Kafka connection and consumer group. `properties` applies to the consumer and the DLQ producer."""
+
+    bootstrap_servers: Annotated[str, Field(min_length=1)]
+    group_id: Annotated[str, Field(min_length=1)] = "capi-consumer"
+    group_protocol: Literal["classic", "consumer"] = "classic"
+    properties: dict[str, Any] = Field(default_factory=dict)
+    consumer_properties: dict[str, Any] = Field(default_factory=dict)
+    producer_properties: dict[str, Any] = Field(default_factory=dict)
+    sasl_password_env: EnvName | None = None
+    sasl_password_file: ConfigPath | None = None
+    secret_properties: dict[str, SecretRef] = Field(default_factory=dict)
+
+    _sasl_password: SecretStr | None = PrivateAttr(default=None)
+    _secret_values: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    @field_validator("properties", "consumer_properties", "producer_properties")
+    @classmethod
+    def _check_maps(cls, props: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return _check_librdkafka_map(props, info)
+
+    @model_validator(mode="after")
+    def _check_secrets(self) -> Self:
+        _exactly_one(self, "sasl_password_env", "sasl_password_file", required=False)
+        problems = []
+        for key in self.secret_properties:
+            if key.lower() == "sasl.password":
+                problems.append((f"secret_properties.{key}", "use sasl_password_env or sasl_password_file"))
+            if key in self.properties or key in self.consumer_properties or key in self.producer_properties:
+                problems.append((f"secret_properties.{key}", "also set as a literal property"))
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    @property
+    def sasl_password(self) -> SecretStr | None:
+        """The resolved SASL password (None when not configured or secrets were not resolved)."""
+        return self._sasl_password
+
+    def resolve_secrets(self, env: Mapping[str, str]) -> list[str]:
+        """Read the SASL password and secret properties; returns problems as `<key path>: <reason>`."""
+        problems: list[str] = []
+        if self.sasl_password_env is not None or self.sasl_password_file is not None:
+            try:
+                self._sasl_password = _read_secret(
+                    self.sasl_password_env, self.sasl_password_file, "sasl_password", env
+                )
+            except ValueError as exc:
+                problems.append(f"kafka.{exc}")
+        values: dict[str, SecretStr] = {}
+        for key, ref in self.secret_properties.items():
+            try:
+                values[key] = _read_secret(ref.env, ref.file, "", env)
+            except ValueError as exc:
+                problems.append(f"kafka.secret_properties.{key}.{str(exc).lstrip('_')}")
+        self._secret_values = values
+        return problems
+
+    def _secret_properties(self) -> dict[str, LibrdkafkaValue]:
+        out: dict[str, LibrdkafkaValue] = {k: v.get_secret_value() for k, v in self._secret_values.items()}
+        if self._sasl_password is not None:
+            out["sasl.password"] = self._sasl_password.get_secret_value()
+        return out
+
+
+# --- schema registry --------------------------------------------------------------------------------
+
+
+def _check_registry_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    for url in value.split(","):
+        url = url.strip()
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError("must be an http:// or https:// URL (several may be separated by commas)")
+        if "@" in url.split("/")[2]:
+            raise ValueError(
+                "credentials in the URL are a literal secret; use basic_auth_env or basic_auth_file"
+            )
+    return value
+
+
+class SchemaRegistryConfig(_Model):
+    """Confluent-API-compatible Schema Registry; optional when every topic has a `writer_schema`."""
+
+    url: Annotated[str | None, AfterValidator(_check_registry_url)] = None
+    basic_auth_env: EnvName | None = None
+    basic_auth_file: ConfigPath | None = None
+    bearer_token_env: EnvName | None = None
+    bearer_token_file: ConfigPath | None = None
+    bearer_logical_cluster: str | None = None
+    bearer_identity_pool_id: str | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    _basic_auth: SecretStr | None = PrivateAttr(default=None)
+    _bearer_token: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("properties")
+    @classmethod
+    def _check_properties(cls, props: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        problems: list[tuple[str, str]] = []
+        out: dict[str, Any] = {}
+        for key, value in props.items():
+            lowered = key.lower()
+            if lowered == "url":
+                problems.append((key, "cannot be set here: use schema_registry.url"))
+            elif lowered.startswith(("basic.auth.", "bearer.auth.")) or "password" in lowered:
+                reason = "literal secrets are not allowed in the config file; use schema_registry."
+                problems.append((key, reason + "basic_auth_env/_file or bearer_token_env/_file"))
+            elif isinstance(value, str) and lowered.endswith(_PATH_PROPERTY_SUFFIXES):
+                out[key] = str(_resolve_path(Path(value), info))
+            else:
+                out[key] = value
+        if problems:
+            raise _Problems(problems)
+        return out
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Self:
+        _exactly_one(
+            self, "basic_auth_env", "basic_auth_file", "bearer_token_env", "bearer_token_file", required=False
+        )
+        bearer = self.bearer_token_env is not None or self.bearer_token_file is not None
+        if bearer and not self.bearer_logical_cluster:
+            raise _Problems(
+                [("bearer_logical_cluster", "required with a bearer token (registry client rule)")]
+            )
+        return self
+
+    def resolve_secrets(self, env: Mapping[str, str]) -> list[str]:
+        """Read basic-auth credentials or the bearer token; returns problems as `<key path>: <reason>`."""
+        try:
+            if self.basic_auth_env is not None or self.basic_auth_file is not None:
+                auth = _read_secret(self.basic_auth_env, self.basic_auth_file, "basic_auth", env)
+                if ":" not in auth.get_secret_value():
+                    return ["schema_registry.basic_auth: the secret must have the form user:password"]
+                self._basic_auth = auth
+            if self.bearer_token_env is not None or self.bearer_token_file is not None:
+                self._bearer_token = _read_secret(
+                    self.bearer_token_env, self.bearer_token_file, "bearer_token", env
+                )
+        except ValueError as exc:
+            return [f"schema_registry.{exc}"]
+        return []
+
+
+# --- topics and mappings ----------------------------------------------------------------------------
+
+
+class EventNameSpec(_Model):
+    """`event_name` of a custom mapping: a constant, or a field (string or enum) with an optional value map.
+
+    With `values`, only the listed field values are sent (as the mapped names); records with other
+    values are filtered with reason `event_type_not_sent`. Without it the field value is the name.
+    A plain string in YAML is shorthand for `{constant: ...}`.
+    """
+
+    constant: Annotated[str, Field(min_length=1)] | None = None
+    field: FieldPath | None = None
+    values: dict[str, Annotated[str, Field(min_length=1)]] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _exactly_one(self, "constant", "field")
+        if self.values is not None and self.field is None:
+            raise _Problems([("values", "needs field (a constant name has no values to map)")])
+        return self
+
+
+class EventTimeSpec(_Model):
+    """`event_time` source. `unit` says how to read the field.
+
+    `auto`: the field has Avro logical type timestamp-millis or timestamp-micros (the recommended
+    choice). `seconds` / `millis` / `micros`: a plain int/long since the Unix epoch. `iso8601`: a string
+    with a UTC offset, e.g. `2026-01-31T12:00:00Z`. A plain string in YAML is shorthand for `{field: ...}`.
+    """
+
+    field: FieldPath
+    unit: Literal["auto", "seconds", "millis", "micros", "iso8601"] = "auto"
+
+
+class ContentsSpec(_Model):
+    """`custom_data.contents` from an array of records; item paths are relative to one item."""
+
+    field: FieldPath
+    id: FieldPath
+    quantity: FieldPath | None = None
+    item_price: FieldPath | None = None
+    delivery_category: FieldPath | None = None
+    num_items: bool = True
+    """Also set `custom_data.num_items`: the sum of quantities (the number of items without quantity)."""
+    content_type: Literal["product", "product_group"] | None = "product"
+    """`custom_data.content_type` sent with non-empty contents (Meta uses it for catalog matching)."""
+
+
+class LimitedDataUseSpec(_Model):
+    """Limited Data Use: when the boolean `field` is true, send `data_processing_options: ["LDU"]`.
+
+    `country`/`state` name int fields with Meta's codes (1 = USA, 1000 = California); when absent or
+    null, 0 is sent, which tells Meta to geolocate from the IP address.
+    """
+
+    field: FieldPath
+    country: FieldPath | None = None
+    state: FieldPath | None = None
+
+
+class FilterSpec(_Model):
+    """Send a record only if `field` satisfies the one operator given (records failing it are filtered).
+
+    Operators: `equals`, `not_equals`, `in`, `not_in`. Values compare with the decoded field value
+    (enum symbols and strings as text, ints, booleans); `equals: null` keeps records where it is null.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    field: FieldPath
+    equals: Scalar = None
+    not_equals: Scalar = None
+    in_: list[Scalar] | None = Field(default=None, alias="in")
+    not_in: list[Scalar] | None = None
+
+    @model_validator(mode="after")
+    def _one_operator(self) -> Self:
+        ops = self.model_fields_set & {"equals", "not_equals", "in_", "not_in"}
+        if len(ops) != 1:
+            raise ValueError("set exactly one of equals, not_equals, in, not_in")
+        return self
+
+    @property
+    def operator(self) -> str:
+        """The operator's name as written in YAML."""
+        (op,) = self.model_fields_set & {"equals", "not_equals", "in_", "not_in"}
+        return "in" if op == "in_" else op
+
+
+def _check_custom_data_keys(value: dict[str, Any]) -> dict[str, Any]:
+    for key in ("contents", "num_items", "content_type"):
+        if key in value:
+            raise _Problems([(key, "set by mapping.contents, not here")])
+    return value
+
+
+CustomDataPaths = Annotated[dict[str, FieldPath], AfterValidator(_check_custom_data_keys)]
+CustomDataConstants = Annotated[dict[str, Scalar], AfterValidator(_check_custom_data_keys)]
+
+
+class RecordTypeOverride(_Model):
+    """Per record type (a value of `event_name.field`): replaces these parts of the base mapping.
+
+    `custom_data` and `custom_data_constants` are merged over the base ones; the rest replace.
+    """
+
+    event_id: FieldPath | None = None
+    event_source_url: FieldPath | None = None
+    action_source: ActionSource | None = None
+    custom_data: CustomDataPaths = Field(default_factory=dict)
+    custom_data_constants: CustomDataConstants = Field(default_factory=dict)
+    contents: ContentsSpec | None = None
+
+
+def _shorthand(key: str) -> Any:
+    def convert(value: Any) -> Any:
+        return {key: value} if isinstance(value, str) else value
+
+    return BeforeValidator(convert)
+
+
+class MappingSpec(_Model):
+    """How a record of a company schema becomes a server event. Every path is checked at start-up
+    against the topic's reader schema (nested records and unions with null are followed).
+    """
+
+    event_name: Annotated[EventNameSpec, _shorthand("constant")]
+    event_id: FieldPath
+    event_time: Annotated[EventTimeSpec, _shorthand("field")]
+    action_source: ActionSource = "system_generated"
+    event_source_url: FieldPath | None = None
+    user_data: dict[UserDataKey, Annotated[list[FieldPath], BeforeValidator(_one_or_many)]] = Field(
+        default_factory=dict
+    )
+    custom_data: CustomDataPaths = Field(default_factory=dict)
+    custom_data_constants: CustomDataConstants = Field(default_factory=dict)
+    contents: ContentsSpec | None = None
+    opt_out: FieldPath | None = None
+    limited_data_use: LimitedDataUseSpec | None = None
+    filters: list[FilterSpec] = Field(default_factory=list)
+    record_types: dict[str, RecordTypeOverride] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.record_types and self.event_name.field is None:
+            raise _Problems([("record_types", "needs event_name.field (the record type is its value)")])
+        both = set(self.custom_data) & set(self.custom_data_constants)
+        if both:
+            raise _Problems([(f"custom_data_constants.{k}", "also set in custom_data") for k in sorted(both)])
+        return self
+
+
+class TopicConfig(_Model):
+    """A source topic: its schema, how its records map to server events, and where they go."""
+
+    kind: TopicKind
+    reader_schema: ConfigPath
+    writer_schema: ConfigPath | None = None
+    destination: Annotated[str, Field(min_length=1)]
+    dlq_topic: Annotated[str, Field(pattern=_TOPIC_NAME.pattern)]
+    send_event_types: list[str] | None = None
+    event_names: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
+    mapping: MappingSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Self:
+        if self.kind == "custom":
+            if self.mapping is None:
+                raise _Problems([("mapping", "field required for kind custom")])
+            if self.send_event_types is not None or self.event_names:
+                key = "send_event_types" if self.send_event_types is not None else "event_names"
+                raise _Problems([(key, "only for kind order/subscription; use mapping.event_name.values")])
+            return self
+        if self.mapping is not None:
+            reason = f"only for kind custom (kind {self.kind} uses the built-in mapping; tune it with "
+            raise _Problems([("mapping", reason + "send_event_types and event_names)")])
+        known = CANONICAL_EVENT_TYPES[self.kind]
+        problems = [
+            (key, f"unknown {self.kind} event type '{t}' (known: {', '.join(known)})")
+            for key, types in (
+                ("send_event_types", self.send_event_types or []),
+                ("event_names", self.event_names),
+            )
+            for t in types
+            if t not in known
+        ]
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    def effective_send_event_types(self) -> tuple[str, ...]:
+        """Canonical kinds: the event types that are sent (configured or the kind's default)."""
+        if self.send_event_types is not None:
+            return tuple(self.send_event_types)
+        return DEFAULT_SEND_EVENT_TYPES.get(self.kind, ())
+
+    def effective_event_names(self) -> dict[str, str]:
+        """Canonical kinds: event type -> CAPI event_name, defaults overridden by `event_names`."""
+        return {**DEFAULT_EVENT_NAMES.get(self.kind, {}), **self.event_names}
+
+
+# --- destinations and the rest ----------------------------------------------------------------------
+
+
+class DestinationConfig(_Model):
+    """A Meta pixel (or dataset) and the credentials to send to it."""
+
+    pixel_id: Annotated[str, BeforeValidator(_int_to_str), Field(pattern=r"^[0-9]{1,32}$")]
+    access_token_env: EnvName | None = None
+    access_token_file: ConfigPath | None = None
+    app_secret_env: EnvName | None = None
+    app_secret_file: ConfigPath | None = None
+    test_event_code: Annotated[str, Field(min_length=1)] | None = None
+    partner_agent: Annotated[str, Field(min_length=1)] | None = None
+
+    _access_token: SecretStr | None = PrivateAttr(default=None)
+    _app_secret: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> Self:
+        _exactly_one(self, "access_token_env", "access_token_file")
+        _exactly_one(self, "app_secret_env", "app_secret_file", required=False)
+        return self
+
+    @property
+    def access_token(self) -> SecretStr | None:
+        """The resolved access token (None only when loaded with `resolve_secrets=False`)."""
+        return self._access_token
+
+    @property
+    def app_secret(self) -> SecretStr | None:
+        """The resolved app secret for `appsecret_proof`, or None when not configured."""
+        return self._app_secret
+
+    def resolve_secrets(self, name: str, env: Mapping[str, str]) -> list[str]:
+        """Read the token (and app secret); returns problems as `<key path>: <reason>`."""
+        problems: list[str] = []
+        try:
+            self._access_token = _read_secret(
+                self.access_token_env, self.access_token_file, "access_token", env
+            )
+        except ValueError as exc:
+            problems.append(f"destinations.{name}.{exc}")
+        if self.app_secret_env is not None or self.app_secret_file is not None:
+            try:
+                self._app_secret = _read_secret(self.app_secret_env, self.app_secret_file, "app_secret", env)
+            except ValueError as exc:
+                problems.append(f"destinations.{name}.{exc}")
+        return problems
+
+
+class CapiConfig(_Model):
+    """The Graph API endpoint and HTTP client behaviour."""
+
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")] = "https://graph.facebook.com"
+    api_version: Annotated[str, Field(pattern=r"^v[0-9]+\.[0-9]+$")] = "v26.0"
+    timeout_s: PositiveFloat = 5.0
+    max_requests_in_flight: Annotated[int, Field(ge=1)] = 8
+    retry_initial_backoff_s: PositiveFloat = 0.5
+    retry_max_backoff_s: PositiveFloat = 60.0
+
+
+class BatchingConfig(_Model):
+    """Per-destination batches: sent when full (events or bytes) or `linger_ms` after the first event."""
+
+    max_events: Annotated[int, Field(ge=1, le=1000)] = 1000
+    max_bytes: Annotated[int, Field(ge=1024)] = 2_000_000
+    linger_ms: Annotated[int, Field(ge=0)] = 200
+
+
+class LimitsConfig(_Model):
+    """Memory bounds: partitions are paused while in-flight records exceed either cap."""
+
+    max_in_flight_events: Annotated[int, Field(ge=1)] = 20_000
+    max_in_flight_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
+    queued_max_messages_kbytes: Annotated[int, Field(ge=1)] = 16_384
+
+
+def _check_region(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) != 2 or pycountry.countries.get(alpha_2=value.upper()) is None:
+        raise ValueError("must be an ISO 3166-1 alpha-2 country code, e.g. US")
+    return value.upper()
+
+
+class NormalizationConfig(_Model):
+    """Customer-information normalization (see the Normalizer)."""
+
+    default_phone_region: Annotated[str | None, AfterValidator(_check_region)] = None
+    hash_external_id: bool = True
+    cache_size: Annotated[int, Field(ge=0)] = 65536
+
+
+class DlqConfig(_Model):
+    """Dead-letter guard: stop advancing a destination when too much goes to the DLQ (not a drain)."""
+
+    max_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    window_s: PositiveFloat = 60.0
+    min_events: Annotated[int, Field(ge=1)] = 100
+
+
+class ShutdownConfig(_Model):
+    """Graceful shutdown on SIGTERM/SIGINT."""
+
+    drain_deadline_s: PositiveFloat = 30.0
+
+
+class MetricsConfig(_Model):
+    """Prometheus metrics HTTP endpoint."""
+
+    enabled: bool = True
+    host: Annotated[str, Field(min_length=1)] = "0.0.0.0"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108
+
+
+def _default_dlq_topics(data: Any) -> Any:
+    """Fill `topics.<t>.dlq_topic` with `<t>.dlq` where it is not set (it depends on the key)."""
+    if isinstance(data, dict) and isinstance(data.get("topics"), dict):
+        topics = {}
+        for name, topic in data["topics"].items():
+            if isinstance(topic, dict) and topic.get("dlq_topic") is None:
+                topic = {**topic, "dlq_topic": f"{name}.dlq"}
+            topics[name] = topic
+        data = {**data, "topics": topics}
+    return data
+
+
+class AppConfig(_Model):
+    """The whole configuration. Build it with `load_config()`."""
+
+    kafka: KafkaConfig
+    schema_registry: SchemaRegistryConfig = Field(default_factory=SchemaRegistryConfig)
+    topics: Annotated[dict[str, TopicConfig], Field(min_length=1)]
+    destinations: Annotated[dict[str, DestinationConfig], Field(min_length=1)]
+    capi: CapiConfig = Field(default_factory=CapiConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)
+    dlq: DlqConfig = Field(default_factory=DlqConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    _schemas: dict[Path, dict[str, Any]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_dlq_topics(cls, data: Any) -> Any:
+        return _default_dlq_topics(data)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Self:
+        problems: list[tuple[str, str]] = []
+        for name in self.topics:
+            if not _TOPIC_NAME.match(name):
+                problems.append((f"topics.{name}", "not a valid Kafka topic name"))
+        for name in self.destinations:
+            if not _DEST_NAME.match(name):
+                problems.append((f"destinations.{name}", "names use letters, digits, '_' and '-'"))
+        for name, topic in self.topics.items():
+            if topic.destination not in self.destinations:
+                known = ", ".join(sorted(self.destinations))
+                reason = f"unknown destination '{topic.destination}' (known: {known})"
+                problems.append((f"topics.{name}.destination", reason))
+            if topic.dlq_topic in self.topics:
+                problems.append((f"topics.{name}.dlq_topic", f"'{topic.dlq_topic}' is a source topic"))
+        registry_topics = sorted(n for n, t in self.topics.items() if t.writer_schema is None)
+        if registry_topics and self.schema_registry.url is None:
+            reason = f"required because topic(s) {', '.join(registry_topics)} have no writer_schema"
+            problems.append(("schema_registry.url", reason + " (Confluent wire format)"))
+        if self.limits.max_in_flight_events < self.batching.max_events:
+            problems.append(("limits.max_in_flight_events", "must be at least batching.max_events"))
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    # -- derived client settings (the one place config becomes librdkafka / registry settings) --
+
+    def consumer_properties(self) -> dict[str, LibrdkafkaValue]:
+        """librdkafka settings of the source consumer, secrets included (never log the result)."""
+        props: dict[str, LibrdkafkaValue] = {
+            "auto.offset.reset": "earliest",
+            **self.kafka.properties,
+            **self.kafka.consumer_properties,
+            **self.kafka._secret_properties(),
+            "bootstrap.servers": self.kafka.bootstrap_servers,
+            "group.id": self.kafka.group_id,
+            # At-least-once per librdkafka's recipe: we store an offset only once the record is
+            # settled; the background commit then commits stored offsets (and on revoke and close).
+            "enable.auto.offset.store": False,
+            "enable.auto.commit": True,
+            "queued.max.messages.kbytes": self.limits.queued_max_messages_kbytes,
+        }
+        if self.kafka.group_protocol == "classic":
+            # Incremental rebalances: a rebalance revokes only the partitions that move.
+            props["partition.assignment.strategy"] = "cooperative-sticky"
+        else:
+            # KIP-848: assignment is done by the broker (>= 4.0); the client must not set a strategy.
+            props["group.protocol"] = "consumer"
+        return props
+
+    def producer_properties(self) -> dict[str, LibrdkafkaValue]:
+        """librdkafka settings of the dead-letter producer, secrets included (never log the result)."""
+        return {
+            **self.kafka.properties,
+            **self.kafka.producer_properties,
+            **self.kafka._secret_properties(),
+            "bootstrap.servers": self.kafka.bootstrap_servers,
+            # A DLQ copy counts as settled only when acknowledged by all in-sync replicas, once.
+            "enable.idempotence": True,
+            "acks": "all",
+        }
+
+    def schema_registry_conf(self) -> dict[str, Any] | None:
+        """`SchemaRegistryClient` settings, secrets included; None when no registry is configured."""
+        reg = self.schema_registry
+        if reg.url is None:
+            return None
+        conf: dict[str, Any] = {**reg.properties, "url": reg.url}
+        if reg._basic_auth is not None:
+            conf["basic.auth.credentials.source"] = "USER_INFO"
+            conf["basic.auth.user.info"] = reg._basic_auth.get_secret_value()
+        if reg._bearer_token is not None:
+            conf["bearer.auth.credentials.source"] = "STATIC_TOKEN"
+            conf["bearer.auth.token"] = reg._bearer_token.get_secret_value()
+            conf["bearer.auth.logical.cluster"] = reg.bearer_logical_cluster
+            if reg.bearer_identity_pool_id is not None:
+                conf["bearer.auth.identity.pool.id"] = reg.bearer_identity_pool_id
+        return conf
+
+    # -- schemas --
+
+    def reader_schema(self, topic: str) -> dict[str, Any]:
+        """The parsed JSON of the topic's reader schema file (loaded by `load_config`)."""
+        return self._schema(self.topics[topic].reader_schema)
+
+    def writer_schema(self, topic: str) -> dict[str, Any] | None:
+        """The topic's writer schema (schemaless mode), or None when records use the registry."""
+        path = self.topics[topic].writer_schema
+        return None if path is None else self._schema(path)
+
+    def reader_schemas(self) -> dict[str, dict[str, Any]]:
+        """Topic name -> reader schema, for the Mapper."""
+        return {name: self.reader_schema(name) for name in self.topics}
+
+    def _schema(self, path: Path) -> dict[str, Any]:
+        if path not in self._schemas:
+            self._schemas[path] = _load_schema_file(path)
+        return self._schemas[path]
+
+    def load_schemas(self) -> list[str]:
+        """Load and check every schema file; returns problems as `<key path>: <reason>`."""
+        problems: list[str] = []
+        for name, topic in self.topics.items():
+            for key in ("reader_schema", "writer_schema"):
+                path = getattr(topic, key)
+                if path is None:
+                    continue
+                try:
+                    self._schema(path)
+                except ValueError as exc:
+                    problems.append(f"topics.{name}.{key}: {exc}")
+        return problems
+
+    def resolve_secrets(self, env: Mapping[str, str]) -> list[str]:
+        """Read every secret from the environment or files; returns problems as `<key path>: <reason>`."""
+        problems = self.kafka.resolve_secrets(env) + self.schema_registry.resolve_secrets(env)
+        for name, dest in self.destinations.items():
+            problems += dest.resolve_secrets(name, env)
+        return problems
+
+
+def _load_schema_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        raise ValueError(f"{path} must hold one Avro record schema")
+    try:
+        fastavro.parse_schema(schema)
+    except Exception as exc:  # fastavro raises several unrelated exception types for bad schemas
+        raise ValueError(f"{path} is not a valid Avro schema: {exc}") from None
+    return schema
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[list[tuple[list[str], str, Any]], list[str]]:
+    """Parse `CAPI__A__B=value` into (["a", "b"], name, value); JSON for lists/maps, "" for null."""
+    overrides: list[tuple[list[str], str, Any]] = []
+    problems: list[str] = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            problems.append(f"{name}: empty key segment in environment override")
+            continue
+        raw = env[name]
+        value: Any = raw
+        if raw.strip().startswith(("[", "{")):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{'.'.join(parts)}: {name} is not valid JSON ({exc.msg})")
+                continue
+        elif raw == "":
+            value = None
+        overrides.append((parts, name, value))
+    return overrides, problems
+
+
+def _apply_overrides(data: dict[str, Any], overrides: list[tuple[list[str], str, Any]]) -> list[str]:
+    problems: list[str] = []
+    for parts, name, value in overrides:
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(
+                    f"{'.'.join(parts[: i + 1])}: {name} needs a section here, the file has a value"
+                )
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    return problems
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _format_validation_error(err: ValidationError, env_keys: Mapping[str, str]) -> list[str]:
+    lines: list[str] = []
+    for e in err.errors(include_url=False, include_input=False):
+        # pydantic adds "[key]" to the location of a bad dict key; the key itself is the location.
+        loc = _format_loc(tuple(p for p in e["loc"] if p != "[key]"))
+        error = e.get("ctx", {}).get("error")
+        if isinstance(error, _Problems):
+            lines += [f"{'.'.join(p for p in (loc, key) if p)}: {reason}" for key, reason in error.items]
+            continue
+        if e["type"] == "missing":
+            reason = "field required"
+        elif e["type"] == "extra_forbidden":
+            hint = _LITERAL_SECRET_HINTS.get(str(e["loc"][-1]))
+            reason = f"literal secrets are not allowed in the config file; {hint}" if hint else "unknown key"
+        else:
+            msg = e["msg"]
+            for prefix in ("Value error, ", "Assertion failed, "):
+                msg = msg.removeprefix(prefix)
+            reason = msg[:1].lower() + msg[1:]
+        lines.append(f"{loc}: {reason}" if loc else reason)
+    return [_with_env_source(line, env_keys) for line in lines]
+
+
+def _with_env_source(line: str, env_keys: Mapping[str, str]) -> str:
+    """Name the environment variable when a problem is at or below a key it set."""
+    for path, name in env_keys.items():
+        if line.startswith((path + ":", path + ".")):
+            return f"{line} (from {name})"
+    return line
+
+
+def load_config(
+    path: str | Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    resolve_secrets: bool = True,
+) -> AppConfig:
+    """Load, override, validate and resolve the configuration; raise ConfigError listing every problem.
+
+    `env` defaults to `os.environ`; it supplies `CAPI__...` overrides and the secrets' variables.
+    `resolve_secrets=False` skips reading secrets (the `map` dry run needs none); the `*_env`/`*_file`
+    keys are still validated. Relative paths resolve against the directory of `path`.
+    """
+    path = Path(path)
+    env = os.environ if env is None else env
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"], path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], path) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            ["the file must hold a mapping of sections (kafka, topics, destinations, ...)"], path
+        )
+
+    overrides, problems = _env_overrides(env)
+    problems += _apply_overrides(data, overrides)
+    env_keys = {".".join(parts): name for parts, name, _ in overrides}
+    if problems:
+        raise ConfigError(problems, path)
+    try:
+        config = AppConfig.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, env_keys), path) from None
+
+    problems = config.load_schemas()
+    if resolve_secrets:
+        problems += config.resolve_secrets(env)
+    if problems:
+        raise ConfigError(problems, path)
+    return config
