@@ -74,6 +74,8 @@ class _Outcome:
     error_code: int | None = None
     error_subcode: int | None = None
     fault: str | None = None
+    request_id: int = 0
+    body_bytes: int = 0
     events: int | None = None
     events_received: int = 0
     duplicates: int = 0
@@ -229,11 +231,10 @@ async def _events_answer(
     try:
         params, out_size = await _read_params(request)
     except _BadBody as exc:
-        request["body_bytes"] = request.content_length or 0
         token = _token_from(request, dict(request.query))
         auth_err = _check_auth(emu, token, dict(request.query), pixel_id)
         return _error_response(auth_err or errors.invalid_parameter(str(exc)), out)
-    request["body_bytes"] = out_size
+    out.body_bytes = out_size
 
     auth_err = _check_auth(emu, _token_from(request, params), params, pixel_id)
     if auth_err is not None:
@@ -255,7 +256,7 @@ async def _events_answer(
         return _error_response(err, out)
 
     if emu.config.store_events:
-        out.duplicates = emu.store.add_events(pixel_id, data, req_params, request["request_id"], now)
+        out.duplicates = emu.store.add_events(pixel_id, data, req_params, out.request_id, now)
     out.events_received = len(data)
     out.status = 200
     trace = new_fbtrace_id()
@@ -272,12 +273,9 @@ async def _events_answer(
 async def handle_events(request: web.Request) -> web.StreamResponse:
     emu = request.app[EMULATOR_KEY]
     started = time.perf_counter()
-    request_id = emu.store.next_request_id()
-    request["request_id"] = request_id
-    request["body_bytes"] = request.content_length or 0
     version = request.match_info.get("version") or emu.config.latest_version
     pixel_id = request.match_info["node"]
-    out = _Outcome()
+    out = _Outcome(request_id=emu.store.next_request_id(), body_bytes=request.content_length or 0)
     try:
         delay = emu.faults.latency_s(pixel_id)
         if delay:
@@ -309,7 +307,7 @@ def _record(
         stats.by_error[key] += 1
     emu.store.log_request(
         {
-            "id": request["request_id"],
+            "id": out.request_id,
             "at": time.time(),
             "method": request.method,
             "path": request.path,
@@ -323,7 +321,7 @@ def _record(
             "events": out.events,
             "events_received": out.events_received,
             "duplicates": out.duplicates,
-            "bytes": request["body_bytes"],
+            "bytes": out.body_bytes,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             "fbtrace_id": out.fbtrace_id,
             **out.params.to_json(),

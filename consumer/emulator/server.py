@@ -18,7 +18,14 @@ SHUTDOWN_TIMEOUT_S = 0.5
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Listen on host:port (0 = a free port); return the runner and the bound port."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    # handler_cancellation: a client that gives up (timeout tests) frees its parked handler at once.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        handler_cancellation=True,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -76,6 +83,11 @@ class RunningEmulator:
             self._loop.run_forever()
         finally:
             self._loop.run_until_complete(self._runner.cleanup())
+            # Handlers still parked by latency/no_response faults die with the loop, quietly.
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
     def start(self, timeout: float = 10.0) -> RunningEmulator:
