@@ -46,9 +46,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def _start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "consumer.devstack.cli", "--state-dir", str(tmp_path / "state")],
+        [sys.executable, "-m", "consumer.devstack.cli", "--state-dir", str(tmp_path / "state"), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -69,17 +69,24 @@ def _wait_gone(pids: set[int], timeout_s: float) -> set[int]:
     return {p for p in pids if _alive(p)}
 
 
-def test_devstack_prints_endpoints_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
-    proc, endpoints = _start(tmp_path)
+@pytest.mark.parametrize("with_emulator", [False, True])
+def test_devstack_prints_endpoints_and_sigterm_leaves_no_process(tmp_path: Path, with_emulator: bool) -> None:
+    proc, endpoints = _start(tmp_path, *(["--with-emulator"] if with_emulator else []))
     try:
-        assert set(endpoints) == {"bootstrap_servers", "schema_registry_url"}
+        expected = {"bootstrap_servers", "schema_registry_url"} | (
+            {"capi_base_url"} if with_emulator else set()
+        )
+        assert set(endpoints) == expected
+        if with_emulator:
+            with urllib.request.urlopen(endpoints["capi_base_url"] + "/_emulator/stats", timeout=10) as resp:
+                assert json.loads(resp.read())["events_received"] == 0
         host, port = endpoints["bootstrap_servers"].split(":")
         assert host == "127.0.0.1"
         socket.create_connection((host, int(port)), timeout=5).close()
         with urllib.request.urlopen(endpoints["schema_registry_url"] + "/subjects", timeout=10) as resp:
             assert json.loads(resp.read()) == []
         started = _descendants(proc.pid)
-        assert len(started) >= 2  # broker JVM and registry JVM
+        assert len(started) >= (3 if with_emulator else 2)  # broker JVM, registry JVM, emulator
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
