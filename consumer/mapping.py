@@ -1,0 +1,799 @@
+"""Decoded Avro record -> Conversions API server event (pure: no I/O, clock injectable).
+
+One mapping engine serves every topic. A `custom` topic brings its mapping in the config file
+(`topics.<t>.mapping`, see `MappingSpec`); the canonical `order` and `subscription` kinds use the
+built-in mappings below, expressed in the same language, so both are checked the same way: at
+start-up every field path is resolved against the topic's reader schema, and a path that does not
+exist or has an unusable type is a `ConfigError` naming the key, the path, the schema and the topic.
+
+`Mapper.map(topic, record)` returns exactly one of:
+- `Mapped`: the JSON-ready server event and its destination (plus identifiers the Normalizer left out);
+- `Filtered`: deliberately not sent (an event type that is not configured to be sent, a filter);
+  the record is settled without sending;
+- `Rejected`: the record cannot become a valid event (`stage="map"`) or the event fails Meta's rules
+  (`stage="validate"`, via `consumer.validate.validate_event`); it belongs in the dead-letter topic.
+  `detail` names fields and types, never values: records carry personal data.
+
+Built-in mappings (event types are the schemas' enum symbols):
+
+| kind | event type | event_name (default) | event_id | sent by default |
+|---|---|---|---|---|
+| order | placed | Purchase | order_id | yes |
+| order | completed | Purchase | order_id | no |
+| order | refunded | OrderRefunded | order_id | no |
+| subscription | started | Subscribe | subscription_id | yes |
+| subscription | trial_started | StartTrial | subscription_id | yes |
+| subscription | renewed | Purchase | order_id (the renewal charge) | yes |
+| subscription | cancelled | SubscriptionCancelled | subscription_id | no |
+
+All use `action_source=system_generated`, `event_time` = occurred_at in whole seconds, user_data from
+the customer record and web context (hashed by the Normalizer; `subscription_id` unhashed),
+`event_source_url` from `web_context.page_url`, `opt_out` and Limited Data Use from `consent`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal
+
+from consumer.avro_json import SchemaIndex
+from consumer.config import (
+    AppConfig,
+    ConfigError,
+    ContentsSpec,
+    FilterSpec,
+    MappingSpec,
+    TopicConfig,
+)
+from consumer.normalize import Normalizer, Omission
+from consumer.validate import validate_event
+
+__all__ = [
+    "EVENT_TYPE_NOT_SENT",
+    "FILTERED_BY_CONFIG",
+    "INVALID_EVENT_TIME",
+    "MISSING_EVENT_ID",
+    "MISSING_EVENT_NAME",
+    "MISSING_EVENT_TIME",
+    "Filtered",
+    "MapResult",
+    "Mapped",
+    "Mapper",
+    "Rejected",
+    "canonical_mapping",
+    "currency_minor_units",
+]
+
+# Filtered reasons
+EVENT_TYPE_NOT_SENT = "event_type_not_sent"
+"""The record's type is not in the set that is sent (e.g. refunded, cancelled by default)."""
+FILTERED_BY_CONFIG = "filtered_by_config"
+"""A `mapping.filters` entry did not match."""
+
+# Rejected (stage "map") reasons
+MISSING_EVENT_NAME = "missing_event_name"
+MISSING_EVENT_ID = "missing_event_id"
+MISSING_EVENT_TIME = "missing_event_time"
+INVALID_EVENT_TIME = "invalid_event_time"
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """A server event ready to batch for `destination`; `omitted` lists identifiers left out."""
+
+    destination: str
+    event: dict[str, Any]
+    omitted: tuple[Omission, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Filtered:
+    """Deliberately not sent; the record is settled (counted by `reason`)."""
+
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Cannot be sent: goes to the dead-letter topic. `detail` never contains record values."""
+
+    stage: Literal["map", "validate"]
+    reason: str
+    detail: str
+
+
+MapResult = Mapped | Filtered | Rejected
+
+# --- currencies -------------------------------------------------------------------------------------
+
+# ISO 4217 minor units that differ from 2 (the rest of the list uses 2).
+_ZERO_DECIMAL = ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND")
+_MINOR_UNITS: dict[str, int] = {
+    **dict.fromkeys((*_ZERO_DECIMAL, "VUV", "XAF", "XOF", "XPF"), 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    **dict.fromkeys(("CLF", "UYW"), 4),
+}
+_MONEY_KEYS = frozenset({"value", "predicted_ltv", "net_revenue"})
+
+
+def currency_minor_units(currency: str | None) -> int:
+    """Decimal places of an ISO 4217 currency (JPY 0, USD 2, KWD 3); 2 when unknown."""
+    return _MINOR_UNITS.get((currency or "").upper(), 2)
+
+
+def _money(value: Any, places: int) -> Any:
+    """A monetary amount as a JSON number rounded to the currency's minor units (half up)."""
+    if isinstance(value, Decimal):
+        return float(value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+    if isinstance(value, float):
+        return round(value, places)
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """Decoded Avro value -> JSON-ready value (Decimal -> float, dates -> ISO strings, UUID -> str)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dt.date):  # datetime is a date too
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value
+
+
+# --- built-in mappings ------------------------------------------------------------------------------
+
+_CUSTOMER_USER_DATA = {
+    "external_id": "customer.customer_id",
+    "em": "customer.email",
+    "ph": "customer.phone",
+    "fn": "customer.first_name",
+    "ln": "customer.last_name",
+    "db": "customer.date_of_birth",
+    "ge": "customer.gender",
+    "ct": "customer.city",
+    "st": "customer.state",
+    "zp": "customer.postal_code",
+    "country": "customer.country",
+    "client_ip_address": "web_context.client_ip_address",
+    "client_user_agent": "web_context.client_user_agent",
+    "fbp": "web_context.fbp",
+    "fbc": "web_context.fbc",
+}
+_CONSENT = {
+    "opt_out": "consent.opt_out",
+    "limited_data_use": {
+        "field": "consent.limited_data_use",
+        "country": "consent.ldu_country",
+        "state": "consent.ldu_state",
+    },
+}
+
+
+def canonical_mapping(topic: TopicConfig) -> MappingSpec:
+    """The built-in mapping of an `order` or `subscription` topic, in the custom-mapping language."""
+    names = topic.effective_event_names()
+    sent = {t: names[t] for t in topic.effective_send_event_types()}
+    common: dict[str, Any] = {
+        "event_name": {"field": "event_type", "values": sent},
+        "event_time": {"field": "occurred_at", "unit": "auto"},
+        "action_source": "system_generated",
+        "event_source_url": "web_context.page_url",
+        **_CONSENT,
+    }
+    if topic.kind == "order":
+        return MappingSpec.model_validate(
+            {
+                **common,
+                "event_id": "order_id",
+                "user_data": {**_CUSTOMER_USER_DATA, "subscription_id": "subscription_id"},
+                "custom_data": {"value": "total", "currency": "currency", "order_id": "order_id"},
+                "contents": {
+                    "field": "line_items",
+                    "id": "sku",
+                    "quantity": "quantity",
+                    "item_price": "unit_price",
+                },
+            }
+        )
+    if topic.kind == "subscription":
+        return MappingSpec.model_validate(
+            {
+                **common,
+                # Subscribe/StartTrial/cancel happen once per subscription, so its ID deduplicates
+                # them; a renewal is a new purchase each period and is identified by its charge.
+                "event_id": "subscription_id",
+                "record_types": {"renewed": {"event_id": "order_id"}},
+                "user_data": {**_CUSTOMER_USER_DATA, "subscription_id": "subscription_id"},
+                "custom_data": {
+                    "value": "amount",
+                    "currency": "currency",
+                    "order_id": "order_id",
+                    "content_ids": "plan_id",
+                },
+            }
+        )
+    raise ValueError(f"kind {topic.kind} has no built-in mapping")
+
+
+# --- schema checking --------------------------------------------------------------------------------
+
+_ID_KINDS = frozenset({"string", "enum", "int", "long", "uuid"})
+_SCALAR_KINDS = frozenset(
+    {"string", "enum", "int", "long", "float", "double", "boolean", "decimal", "date", "uuid"}
+    | {"timestamp-millis", "timestamp-micros"}
+)
+_USER_DATA_KINDS = frozenset({"string", "enum", "int", "long", "date", "uuid"})
+_NUMBER_KINDS = frozenset({"int", "long", "float", "double", "decimal"})
+_TIME_KINDS = {
+    "auto": frozenset({"timestamp-millis", "timestamp-micros"}),
+    "seconds": frozenset({"int", "long"}),
+    "millis": frozenset({"long"}),
+    "micros": frozenset({"long"}),
+    "iso8601": frozenset({"string"}),
+}
+
+
+def _with_arrays(kinds: frozenset[str]) -> frozenset[str]:
+    return kinds | {f"array:{k}" for k in kinds}
+
+
+@dataclass(frozen=True, slots=True)
+class _Path:
+    """A checked field path: the keys to follow in a decoded record and the leaf's Avro kinds."""
+
+    text: str
+    keys: tuple[str, ...]
+    kinds: frozenset[str]
+    symbols: tuple[str, ...] = ()  # when the leaf is an enum
+
+    def get(self, record: Mapping[str, Any]) -> Any:
+        """The value at this path, None when it or any record on the way is null/absent."""
+        value: Any = record
+        for key in self.keys:
+            if value is None:
+                return None
+            value = value.get(key)
+        return value
+
+
+class _PathError(Exception):
+    pass
+
+
+class _Checker:
+    """Resolves field paths against one reader schema and collects `<key path>: <reason>` problems."""
+
+    def __init__(self, topic: str, schema: dict[str, Any], key_prefix: str, builtin: bool) -> None:
+        self.topic = topic
+        self.index = SchemaIndex(schema)
+        self.root = schema
+        self.schema_name = self.index.full_name(schema, None)
+        self.key_prefix = key_prefix
+        self.builtin = builtin
+        self.problems: list[str] = []
+
+    def problem(self, key: str, reason: str) -> None:
+        if self.builtin:
+            # The built-in mapping's keys are not in the file: point at the schema instead.
+            self.problems.append(f"{self.key_prefix}: built-in mapping ({key}): {reason}")
+        else:
+            self.problems.append(f"{self.key_prefix}.{key}: {reason}")
+
+    def where(self) -> str:
+        return f"schema {self.schema_name} (topic '{self.topic}')"
+
+    def _kind(self, t: Any, ns: str | None) -> tuple[str, Any, str | None]:
+        t, ns = self.index.resolve(t, ns)
+        if isinstance(t, str):
+            return t, t, ns
+        if isinstance(t, list):
+            return "union", t, ns
+        logical = t.get("logicalType")
+        kind = t["type"]
+        if logical == "decimal" and kind in ("bytes", "fixed"):
+            return "decimal", t, ns
+        if logical in ("date", "uuid", "time-millis", "time-micros") or (
+            isinstance(logical, str) and "timestamp" in logical
+        ):
+            return str(logical), t, ns
+        if kind == "array":
+            item_kinds = {self._kind(b, ns)[0] for b in self._non_null(t["items"], ns)}
+            return ("array:" + item_kinds.pop()) if len(item_kinds) == 1 else "array:union", t, ns
+        return str(kind), t, ns
+
+    def _non_null(self, t: Any, ns: str | None) -> list[Any]:
+        resolved, _ = self.index.resolve(t, ns)
+        branches = resolved if isinstance(resolved, list) else [t]
+        return [b for b in branches if self.index.resolve(b, ns)[0] != "null"]
+
+    def walk(self, text: str, root: Any = None, root_ns: str | None = None) -> tuple[list[Any], str | None]:
+        """The non-null leaf type branches of a dotted path (from `root`, default the top record)."""
+        t: Any = self.root if root is None else root
+        ns = root_ns
+        parts = text.split(".")
+        for i, part in enumerate(parts):
+            branches = self._non_null(t, ns)
+            kinds = [self._kind(b, ns) for b in branches]
+            if len(kinds) != 1 or kinds[0][0] not in ("record", "error"):
+                prefix = ".".join(parts[:i]) or "(top level)"
+                raise _PathError(f"'{prefix}' is not a record (or a union of null and one record)")
+            _, record, ns = kinds[0]
+            field = next((f for f in record["fields"] if f["name"] == part), None)
+            if field is None:
+                record_name = self.index.full_name(record, ns)
+                raise _PathError(f"record {record_name} has no field '{part}'")
+            t = field["type"]
+        return self._non_null(t, ns), ns
+
+    def path(
+        self,
+        key: str,
+        text: str | None,
+        allowed: frozenset[str],
+        *,
+        root: Any = None,
+        root_ns: str | None = None,
+    ) -> _Path | None:
+        """Check `text` exists and has one of the `allowed` kinds; None (and a problem) otherwise."""
+        if text is None:
+            return None
+        try:
+            branches, ns = self.walk(text, root, root_ns)
+        except _PathError as exc:
+            self.problem(key, f"field '{text}' does not exist in {self.where()}: {exc}")
+            return None
+        kinds = [self._kind(b, ns) for b in branches]
+        names = frozenset(k for k, _, _ in kinds)
+        if not names or not names <= allowed:
+            found = ", ".join(sorted(names)) or "null"
+            wanted = ", ".join(sorted(allowed))
+            self.problem(key, f"field '{text}' in {self.where()} is {found}; expected {wanted}")
+            return None
+        symbols = tuple(s for k, t, _ in kinds if k == "enum" for s in t["symbols"])
+        return _Path(text, tuple(text.split(".")), names, symbols)
+
+    def array_item(self, key: str, text: str) -> tuple[_Path, Any, str | None] | None:
+        """Check `text` is an array of records; returns its path and the item record to walk from."""
+        try:
+            branches, ns = self.walk(text)
+        except _PathError as exc:
+            self.problem(key, f"field '{text}' does not exist in {self.where()}: {exc}")
+            return None
+        kinds = [self._kind(b, ns) for b in branches]
+        if len(kinds) == 1 and kinds[0][0] == "array:record":
+            _, array, ns = kinds[0]
+            return _Path(text, tuple(text.split(".")), frozenset({"array:record"})), array["items"], ns
+        self.problem(key, f"field '{text}' in {self.where()} is not an array of records")
+        return None
+
+    def check_values(self, key: str, path: _Path, values: list[Any]) -> None:
+        """Values compared with an enum/string/number/boolean field must have a matching type."""
+        for value in values:
+            if path.symbols and value not in path.symbols:
+                self.problem(
+                    key, f"'{value}' is not a symbol of enum field '{path.text}' ({', '.join(path.symbols)})"
+                )
+            elif path.kinds <= {"string", "enum"} and not isinstance(value, str | None):
+                self.problem(key, f"field '{path.text}' is a string; compare it with strings")
+            elif path.kinds <= {"int", "long"} and (
+                isinstance(value, bool) or not isinstance(value, int | None)
+            ):
+                self.problem(key, f"field '{path.text}' is an integer; compare it with integers")
+            elif path.kinds == {"boolean"} and not isinstance(value, bool | None):
+                self.problem(key, f"field '{path.text}' is a boolean; compare it with true/false")
+
+
+# --- compiled mapping -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Contents:
+    array: _Path
+    id: _Path
+    quantity: _Path | None
+    item_price: _Path | None
+    delivery_category: _Path | None
+    num_items: bool
+    content_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """The parts of a mapping that `record_types` can replace per record type."""
+
+    event_id: _Path
+    event_source_url: _Path | None
+    action_source: str
+    custom_data: dict[str, _Path]
+    constants: dict[str, Any]
+    contents: _Contents | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Filter:
+    path: _Path
+    operator: str
+    values: tuple[Any, ...]
+
+    def keeps(self, record: Mapping[str, Any]) -> bool:
+        value = self.path.get(record)
+        if self.operator == "equals":
+            return bool(value == self.values[0])
+        if self.operator == "not_equals":
+            return bool(value != self.values[0])
+        if self.operator == "in":
+            return value in self.values
+        return value not in self.values
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    destination: str
+    spec: MappingSpec
+    name_constant: str | None
+    name_path: _Path | None
+    name_values: dict[str, str] | None
+    event_time: _Path
+    time_unit: str
+    filters: tuple[_Filter, ...]
+    user_data: tuple[tuple[str, tuple[_Path, ...]], ...]
+    opt_out: _Path | None
+    ldu: tuple[_Path, _Path | None, _Path | None] | None
+    base: _Parts
+    per_type: dict[str, _Parts]
+
+
+def _compile(
+    topic: str, config: TopicConfig, spec: MappingSpec, schema: dict[str, Any], builtin: bool
+) -> tuple[_Plan | None, list[str]]:
+    prefix = f"topics.{topic}.reader_schema" if builtin else f"topics.{topic}.mapping"
+    c = _Checker(topic, schema, prefix, builtin)
+
+    name_path = None
+    if spec.event_name.field is not None:
+        name_path = c.path(
+            "event_name.field", spec.event_name.field, frozenset({"string", "enum", "int", "long"})
+        )
+        if name_path is not None:
+            c.check_values("event_name.values", name_path, list(spec.event_name.values or {}))
+            c.check_values("record_types", name_path, list(spec.record_types))
+
+    time_allowed = _TIME_KINDS[spec.event_time.unit]
+    event_time = c.path("event_time", spec.event_time.field, time_allowed)
+
+    filters = []
+    for i, f in enumerate(spec.filters):
+        path = c.path(f"filters.{i}.field", f.field, _SCALAR_KINDS)
+        if path is not None:
+            values = _filter_values(f)
+            c.check_values(f"filters.{i}", path, list(values))
+            filters.append(_Filter(path, f.operator, values))
+
+    user_data = []
+    for key, texts in spec.user_data.items():
+        paths = [c.path(f"user_data.{key}", t, _with_arrays(_USER_DATA_KINDS)) for t in texts]
+        user_data.append((key, tuple(p for p in paths if p is not None)))
+
+    opt_out = c.path("opt_out", spec.opt_out, frozenset({"boolean"}))
+    ldu = None
+    if spec.limited_data_use is not None:
+        lspec = spec.limited_data_use
+        flag = c.path("limited_data_use.field", lspec.field, frozenset({"boolean"}))
+        ints = frozenset({"int", "long"})
+        country = c.path("limited_data_use.country", lspec.country, ints)
+        state = c.path("limited_data_use.state", lspec.state, ints)
+        if flag is not None:
+            ldu = (flag, country, state)
+
+    base = _compile_parts(c, "", spec, None)
+    per_type = {}
+    for type_name, override in spec.record_types.items():
+        per_type[type_name] = _compile_parts(c, f"record_types.{type_name}.", override, base)
+
+    if c.problems or event_time is None or base is None or any(p is None for p in per_type.values()):
+        return None, c.problems
+    plan = _Plan(
+        destination=config.destination,
+        spec=spec,
+        name_constant=spec.event_name.constant,
+        name_path=name_path,
+        name_values=spec.event_name.values,
+        event_time=event_time,
+        time_unit=spec.event_time.unit,
+        filters=tuple(filters),
+        user_data=tuple(user_data),
+        opt_out=opt_out,
+        ldu=ldu,
+        base=base,
+        per_type={k: v for k, v in per_type.items() if v is not None},
+    )
+    return plan, []
+
+
+def _filter_values(f: FilterSpec) -> tuple[Any, ...]:
+    op = f.operator
+    if op in ("equals", "not_equals"):
+        return (getattr(f, op),)
+    return tuple((f.in_ if op == "in" else f.not_in) or ())
+
+
+def _compile_parts(c: _Checker, key: str, spec: Any, base: _Parts | None) -> _Parts | None:
+    """Compile the replaceable parts of `spec` (a MappingSpec, or a RecordTypeOverride over `base`)."""
+    event_id = c.path(f"{key}event_id", spec.event_id, _ID_KINDS) if spec.event_id else None
+    url = c.path(f"{key}event_source_url", spec.event_source_url, frozenset({"string"}))
+    custom = {}
+    for name, text in spec.custom_data.items():
+        allowed = _NUMBER_KINDS if name in _MONEY_KEYS else _with_arrays(_SCALAR_KINDS)
+        path = c.path(f"{key}custom_data.{name}", text, allowed)
+        if path is not None:
+            custom[name] = path
+    contents = _compile_contents(c, f"{key}contents", spec.contents) if spec.contents else None
+    if base is None:
+        if event_id is None:
+            return None
+        return _Parts(
+            event_id=event_id,
+            event_source_url=url,
+            action_source=spec.action_source,
+            custom_data=custom,
+            constants=dict(spec.custom_data_constants),
+            contents=contents,
+        )
+    return _Parts(
+        event_id=event_id or base.event_id,
+        event_source_url=url or base.event_source_url,
+        action_source=spec.action_source or base.action_source,
+        custom_data={**base.custom_data, **custom},
+        constants={**base.constants, **spec.custom_data_constants},
+        contents=contents or base.contents,
+    )
+
+
+def _compile_contents(c: _Checker, key: str, spec: ContentsSpec) -> _Contents | None:
+    found = c.array_item(f"{key}.field", spec.field)
+    if found is None:
+        return None
+    array, item, ns = found
+
+    def item_path(name: str, text: str | None, allowed: frozenset[str]) -> _Path | None:
+        return c.path(f"{key}.{name}", text, allowed, root=item, root_ns=ns)
+
+    item_id = item_path("id", spec.id, _ID_KINDS)
+    if item_id is None:
+        return None
+    return _Contents(
+        array=array,
+        id=item_id,
+        quantity=item_path("quantity", spec.quantity, frozenset({"int", "long"})),
+        item_price=item_path("item_price", spec.item_price, _NUMBER_KINDS),
+        delivery_category=item_path(
+            "delivery_category", spec.delivery_category, frozenset({"string", "enum"})
+        ),
+        num_items=spec.num_items,
+        content_type=spec.content_type,
+    )
+
+
+# --- the mapper -------------------------------------------------------------------------------------
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+class Mapper:
+    """Maps decoded records of every configured topic; built once at start-up.
+
+    The constructor checks every mapping against its topic's reader schema (`reader_schemas`: topic
+    -> parsed Avro JSON) and raises ConfigError listing every problem. `clock` returns Unix seconds
+    and is what `validate_event` compares event_time with.
+    """
+
+    def __init__(
+        self,
+        config: AppConfig,
+        reader_schemas: Mapping[str, dict[str, Any]],
+        normalizer: Normalizer,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._normalizer = normalizer
+        self._clock = clock
+        self._plans: dict[str, _Plan] = {}
+        problems: list[str] = []
+        for name, topic in config.topics.items():
+            schema = reader_schemas.get(name)
+            if schema is None:
+                problems.append(f"topics.{name}.reader_schema: no reader schema given to the mapper")
+                continue
+            builtin = topic.mapping is None
+            spec = canonical_mapping(topic) if builtin else topic.mapping
+            assert spec is not None  # TopicConfig guarantees a mapping for kind custom
+            plan, found = _compile(name, topic, spec, schema, builtin)
+            problems += found
+            if plan is not None:
+                self._plans[name] = plan
+        if problems:
+            raise ConfigError(problems)
+
+    @classmethod
+    def from_config(cls, config: AppConfig, *, clock: Callable[[], float] = time.time) -> Mapper:
+        """A mapper with the configured Normalizer and the reader schemas `load_config` loaded."""
+        norm = config.normalization
+        normalizer = Normalizer(
+            default_phone_region=norm.default_phone_region,
+            hash_external_id=norm.hash_external_id,
+            cache_size=norm.cache_size,
+        )
+        return cls(config, config.reader_schemas(), normalizer, clock=clock)
+
+    def mapping(self, topic: str) -> MappingSpec:
+        """The effective mapping of `topic` (the built-in one for canonical kinds)."""
+        return self._plans[topic].spec
+
+    def map(self, topic: str, record: Mapping[str, Any]) -> MapResult:
+        """Map one decoded record of `topic` (KeyError for a topic that is not configured)."""
+        plan = self._plans[topic]
+        try:
+            return self._map(plan, record)
+        except _Reject as exc:
+            return Rejected("map", exc.reason, exc.detail)
+
+    def _map(self, plan: _Plan, record: Mapping[str, Any]) -> MapResult:
+        type_key: str | None = None
+        if plan.name_path is not None:
+            raw_name = plan.name_path.get(record)
+            if raw_name is None or raw_name == "":
+                raise _Reject(MISSING_EVENT_NAME, f"{plan.name_path.text} is null or empty")
+            type_key = str(raw_name)
+            if plan.name_values is None:
+                event_name = type_key
+            elif type_key in plan.name_values:
+                event_name = plan.name_values[type_key]
+            else:
+                # The event type is an enum symbol or type code, never personal data.
+                return Filtered(EVENT_TYPE_NOT_SENT, f"{plan.name_path.text}={type_key}")
+        else:
+            assert plan.name_constant is not None
+            event_name = plan.name_constant
+        for i, rule in enumerate(plan.filters):
+            if not rule.keeps(record):
+                return Filtered(FILTERED_BY_CONFIG, f"filters[{i}]: {rule.path.text} {rule.operator}")
+
+        parts = plan.per_type.get(type_key, plan.base) if type_key is not None else plan.base
+        event: dict[str, Any] = {
+            "event_name": event_name,
+            "event_time": self._event_time(plan, record),
+            "event_id": _event_id(parts.event_id, record),
+            "action_source": parts.action_source,
+        }
+        if parts.event_source_url is not None:
+            url = parts.event_source_url.get(record)
+            if isinstance(url, str) and url.strip():
+                event["event_source_url"] = url.strip()
+        result = self._normalizer.user_data(_raw_user_data(plan, record))
+        event["user_data"] = result.user_data
+        custom_data = _custom_data(parts, record)
+        if custom_data:
+            event["custom_data"] = custom_data
+        if plan.opt_out is not None and plan.opt_out.get(record) is True:
+            event["opt_out"] = True
+        if plan.ldu is not None and plan.ldu[0].get(record) is True:
+            _, country, state = plan.ldu
+            event["data_processing_options"] = ["LDU"]
+            # 0 asks Meta to geolocate the event from its IP address.
+            event["data_processing_options_country"] = (country.get(record) if country else None) or 0
+            event["data_processing_options_state"] = (state.get(record) if state else None) or 0
+
+        rejection = validate_event(event, now=self._clock())
+        if rejection is not None:
+            return Rejected("validate", rejection.reason, rejection.detail)
+        return Mapped(plan.destination, event, result.omitted)
+
+    @staticmethod
+    def _event_time(plan: _Plan, record: Mapping[str, Any]) -> int:
+        """event_time in whole Unix seconds (floored) from the configured field and unit."""
+        path, unit = plan.event_time, plan.time_unit
+        value = path.get(record)
+        if value is None:
+            raise _Reject(MISSING_EVENT_TIME, f"{path.text} is null")
+        if isinstance(value, dt.datetime):
+            if value.tzinfo is None:
+                raise _Reject(INVALID_EVENT_TIME, f"{path.text} has no time zone")
+            return math.floor(value.timestamp())
+        if unit == "iso8601":
+            try:
+                parsed = dt.datetime.fromisoformat(str(value))
+            except ValueError:
+                raise _Reject(INVALID_EVENT_TIME, f"{path.text} is not ISO-8601") from None
+            if parsed.tzinfo is None:
+                raise _Reject(INVALID_EVENT_TIME, f"{path.text} has no UTC offset")
+            return math.floor(parsed.timestamp())
+        if isinstance(value, int) and not isinstance(value, bool):
+            divisor = {"seconds": 1, "millis": 1000, "micros": 1_000_000}.get(unit)
+            if divisor is not None:
+                return value // divisor
+        raise _Reject(INVALID_EVENT_TIME, f"{path.text} is not a {unit} timestamp")
+
+
+def _event_id(path: _Path, record: Mapping[str, Any]) -> str:
+    value = path.get(record)
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise _Reject(MISSING_EVENT_ID, f"{path.text} is null or empty")
+    return text
+
+
+def _raw_user_data(plan: _Plan, record: Mapping[str, Any]) -> dict[str, object]:
+    """user_data key -> raw value (or list of values from several paths / array fields)."""
+    raw: dict[str, object] = {}
+    for key, paths in plan.user_data:
+        values: list[object] = []
+        for path in paths:
+            value = path.get(record)
+            if isinstance(value, list):
+                values.extend(v for v in value if v is not None)
+            elif value is not None:
+                values.append(value)
+        if values:
+            raw[key] = values[0] if len(values) == 1 else values
+    return raw
+
+
+def _custom_data(parts: _Parts, record: Mapping[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, path in parts.custom_data.items():
+        value = path.get(record)
+        if value is None:
+            continue
+        if key == "content_ids":
+            # Meta takes content_ids as a list of strings; one plan or SKU field becomes a 1-element list.
+            value = [str(v) for v in (value if isinstance(value, list) else [value]) if v is not None]
+        elif key == "currency" and isinstance(value, str):
+            value = value.strip().upper()
+        data[key] = value
+    data.update(parts.constants)
+    places = currency_minor_units(data.get("currency") if isinstance(data.get("currency"), str) else None)
+    if parts.contents is not None:
+        _add_contents(data, parts.contents, record, places)
+    return {k: _money(v, places) if k in _MONEY_KEYS else _json_value(v) for k, v in data.items()}
+
+
+def _add_contents(data: dict[str, Any], spec: _Contents, record: Mapping[str, Any], places: int) -> None:
+    contents: list[dict[str, Any]] = []
+    count = 0
+    for item in spec.array.get(record) or ():
+        item_id = spec.id.get(item) if item is not None else None
+        if item_id is None or str(item_id).strip() == "":
+            continue  # Meta needs an id per content; an item without one cannot be described
+        entry: dict[str, Any] = {"id": str(item_id).strip()}
+        quantity = spec.quantity.get(item) if spec.quantity else None
+        if quantity is not None:
+            entry["quantity"] = quantity
+        price = spec.item_price.get(item) if spec.item_price else None
+        if price is not None:
+            entry["item_price"] = _money(price, places)
+        category = spec.delivery_category.get(item) if spec.delivery_category else None
+        if category is not None:
+            entry["delivery_category"] = category
+        contents.append(entry)
+        count += quantity if isinstance(quantity, int) else 1
+    if not contents:
+        return
+    data["contents"] = contents
+    if spec.num_items:
+        data["num_items"] = count
+    if spec.content_type is not None:
+        data["content_type"] = spec.content_type
