@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from consumer.avro_json import SchemaIndex
 from consumer.config import (
@@ -58,6 +59,7 @@ __all__ = [
     "EVENT_TYPE_NOT_SENT",
     "FILTERED_BY_CONFIG",
     "INVALID_EVENT_TIME",
+    "INVALID_URL",
     "MISSING_EVENT_ID",
     "MISSING_EVENT_NAME",
     "MISSING_EVENT_TIME",
@@ -81,6 +83,9 @@ MISSING_EVENT_NAME = "missing_event_name"
 MISSING_EVENT_ID = "missing_event_id"
 MISSING_EVENT_TIME = "missing_event_time"
 INVALID_EVENT_TIME = "invalid_event_time"
+
+INVALID_URL = "invalid_url"
+"""Omission reason: event_source_url is not an http(s) URL (left out of non-website events)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,12 +684,19 @@ class Mapper:
             "event_id": _event_id(parts.event_id, record),
             "action_source": parts.action_source,
         }
+        omitted: tuple[Omission, ...] = ()
         if parts.event_source_url is not None:
             url = parts.event_source_url.get(record)
-            if isinstance(url, str) and url.strip():
-                event["event_source_url"] = url.strip()
+            url = url.strip() if isinstance(url, str) else ""
+            if url and (_is_http_url(url) or parts.action_source == "website"):
+                event["event_source_url"] = url
+            elif url:
+                # Optional outside website events: a malformed page URL must not cost the whole event
+                # (Meta rejects the request); website events keep it and fail validation instead.
+                omitted = (Omission("event_source_url", INVALID_URL),)
         result = self._normalizer.user_data(_raw_user_data(plan, record))
         event["user_data"] = result.user_data
+        omitted = result.omitted + omitted
         custom_data = _custom_data(parts, record)
         if custom_data:
             event["custom_data"] = custom_data
@@ -700,7 +712,7 @@ class Mapper:
         rejection = validate_event(event, now=self._clock())
         if rejection is not None:
             return Rejected("validate", rejection.reason, rejection.detail)
-        return Mapped(plan.destination, event, result.omitted)
+        return Mapped(plan.destination, event, omitted)
 
     @staticmethod
     def _event_time(plan: _Plan, record: Mapping[str, Any]) -> int:
@@ -726,6 +738,14 @@ class Mapper:
             if divisor is not None:
                 return value // divisor
         raise _Reject(INVALID_EVENT_TIME, f"{path.text} is not a {unit} timestamp")
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
 
 
 def _event_id(path: _Path, record: Mapping[str, Any]) -> str:
