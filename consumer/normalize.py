@@ -16,8 +16,8 @@ Omission reasons (module constants, lower_snake):
 ``md5_not_accepted``        a 32-hex value (an MD5) in a hashed field other than external_id
 ``hash_of_empty``           a pre-hashed value that is the SHA-256 of "" (an upstream bug)
 ``invalid_email``           ``em`` does not look like ``local@domain.tld``
-``invalid_phone``           ``ph`` cannot be parsed, is not a complete possible number, or has no
-                            country code and no region to supply one
+``invalid_phone``           ``ph`` cannot be parsed, is not a complete possible number, has no
+                            country code and no region to supply one, or is not 8-15 digits
 ``invalid_name``            ``fn``/``ln`` with no letter, mark or digit
 ``unmapped_gender``         ``ge`` is not f/female/woman/m/male/man
 ``invalid_date``            ``db`` is unparseable or impossible (1997-02-30)
@@ -142,6 +142,9 @@ _DATE_YMD_RE: Final = re.compile(r"([0-9]{4})([-/])([0-9]{1,2})\2([0-9]{1,2})")
 _DATE_COMPACT_RE: Final = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})")
 _DATE_MDY_RE: Final = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
 
+# E.164 allows at most 15 digits; fewer than 8 is a local number without its country code.
+_MIN_PHONE_DIGITS: Final = 8
+_MAX_PHONE_DIGITS: Final = 15
 _GENDERS: Final = {"f": "f", "female": "f", "woman": "f", "m": "m", "male": "m", "man": "m"}
 _MIN_BIRTH_YEAR: Final = 1900
 # "Future" is judged in the earliest time zone on Earth, so a baby born today in Kiribati is valid.
@@ -292,6 +295,14 @@ def country_code(text: str) -> str | None:
     return index.get(key) or index.get(_strip_accents(key))
 
 
+def _national_number(international: str) -> str | None:
+    """National significant number of a `+...` number, or None when libphonenumber cannot parse it."""
+    try:
+        return phonenumbers.national_significant_number(phonenumbers.parse(international, None))
+    except phonenumbers.NumberParseException:
+        return None
+
+
 def _phone(text: str, region: str | None) -> str | None:
     """E.164 digits without `+`, or None. `region` is an uppercase phonenumbers region code."""
     if text.startswith("+"):
@@ -302,7 +313,7 @@ def _phone(text: str, region: str | None) -> str | None:
         international = None
     if international is None and region is None:
         digits = phonenumbers.normalize_digits_only(text).lstrip("0")
-        return digits if 8 <= len(digits) <= 15 else None
+        return digits if _MIN_PHONE_DIGITS <= len(digits) <= _MAX_PHONE_DIGITS else None
     try:
         number = phonenumbers.parse(international or text, None if international else region)
     except phonenumbers.NumberParseException:
@@ -310,7 +321,20 @@ def _phone(text: str, region: str | None) -> str | None:
     # IS_POSSIBLE_LOCAL_ONLY (a number without its area code) cannot match anybody, so it is omitted.
     if phonenumbers.is_possible_number_with_reason(number) != phonenumbers.ValidationResult.IS_POSSIBLE:
         return None
-    return f"{number.country_code}{phonenumbers.national_significant_number(number)}"
+    # An all-zero national number passes the length check but is a placeholder, and libphonenumber
+    # does not print back the zeros it read, so the output would not even be stable.
+    if number.national_number == 0:
+        return None
+    national = phonenumbers.national_significant_number(number)
+    # A national number that keeps a leading zero is right for Italy (+39 06...) but elsewhere is a
+    # national prefix typed after the country code, which libphonenumber strips only on a second
+    # reading; keeping only numbers that read back the same makes the output a fixed point.
+    if national.startswith("0") and _national_number(f"+{number.country_code}{national}") != national:
+        return None
+    e164 = f"{number.country_code}{national}"
+    # The same 8-15 digit bound as for numbers read without a region, so that an output read back
+    # without a region is accepted unchanged; it costs only 7-digit numbers (Niue, Tokelau).
+    return e164 if _MIN_PHONE_DIGITS <= len(e164) <= _MAX_PHONE_DIGITS else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,6 +144,21 @@ def test_a_bad_international_number_is_omitted() -> None:
     assert reason(norm("ph", "+999 123")) == "invalid_phone"
 
 
+def test_a_national_prefix_typed_after_the_country_code() -> None:
+    assert normalized(norm("ph", "+31 (0)20 123 4567")) == "31201234567"
+    assert normalized(norm("ph", "+31 020 123 4567")) == "31201234567"
+    # Italy keeps the leading zero as part of the number.
+    assert normalized(norm("ph", "+39 06 1234 5678")) == "390612345678"
+    # Two zeros do not read back the same: placeholder-like input is omitted, not guessed.
+    assert reason(norm("ph", "+31 00 20 123 4567")) == "invalid_phone"
+
+
+def test_phones_shorter_than_8_digits_are_omitted_even_when_possible() -> None:
+    # Read back without a region they would be refused, so they are refused on the way in too.
+    assert reason(norm("ph", "+683 4002")) == "invalid_phone"
+    assert reason(norm("ph", "+82 00000")) == "invalid_phone"
+
+
 def test_unknown_default_phone_region_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="default_phone_region"):
         Normalizer(default_phone_region="Atlantis")

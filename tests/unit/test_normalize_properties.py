@@ -23,6 +23,8 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 UNHINTED = [f for f in HASHED_FIELDS if f not in ("ph", "st", "zp")]
 
 NORMALIZER = Normalizer(cache_size=0, clock=lambda: 1_800_000_000.0)
+# No per-example deadline: the machine is shared and the first call loads pycountry's data, so a
+# timing limit would only make these tests flaky; they check values, not speed.
 
 raw_text = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]),
@@ -41,7 +43,7 @@ identifier_text = st.one_of(
 hints = st.sampled_from([None, "US", "GB", "DE", "FR", "JP", "BR", "IN", "Georgia"])
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(field=st.sampled_from(UNHINTED), value=identifier_text)
 def test_normalizing_a_normalized_value_changes_nothing(field: str, value: str) -> None:
     first = NORMALIZER.normalize(field, value)
@@ -51,19 +53,20 @@ def test_normalizing_a_normalized_value_changes_nothing(field: str, value: str) 
         assert again.normalized == first.normalized
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(field=st.sampled_from(["ph", "st", "zp"]), value=identifier_text, hint=hints)
 def test_hinted_fields_are_idempotent_under_the_same_hint(field: str, value: str, hint: str | None) -> None:
     first = NORMALIZER.normalize(field, value, country_hint=hint)
     if isinstance(first, Normalized):
-        # A phone's output carries its country code, so it is re-read as international ("+" form).
-        again_input = "+" + first.normalized if field == "ph" else first.normalized
+        # Under a hint a phone was parsed by libphonenumber and its output carries the country code,
+        # so it is re-read as international ("+" form); without one it is read back as plain digits.
+        again_input = "+" + first.normalized if field == "ph" and hint else first.normalized
         again = NORMALIZER.normalize(field, again_input, country_hint=hint)
         assert isinstance(again, Normalized)
         assert again.normalized == first.normalized
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(field=st.sampled_from(["ph", "st", "zp"]), value=identifier_text)
 def test_hinted_fields_without_a_hint_are_idempotent(field: str, value: str) -> None:
     first = NORMALIZER.normalize(field, value)
@@ -73,7 +76,7 @@ def test_hinted_fields_without_a_hint_are_idempotent(field: str, value: str) -> 
         assert again.normalized == first.normalized
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(field=st.sampled_from(HASHED_FIELDS), value=identifier_text, hint=hints)
 def test_hashes_are_64_lowercase_hex_and_never_of_the_empty_string(
     field: str, value: str, hint: str | None
@@ -87,6 +90,7 @@ def test_hashes_are_64_lowercase_hex_and_never_of_the_empty_string(
         assert result.reason in OMISSION_REASONS
 
 
+@settings(deadline=None)
 @given(field=st.sampled_from(HASHED_FIELDS), digest=st.from_regex(r"[0-9a-fA-F]{64}", fullmatch=True))
 def test_an_existing_sha256_passes_through(field: str, digest: str) -> None:
     result = NORMALIZER.normalize(field, f" {digest}\n")
@@ -96,6 +100,7 @@ def test_an_existing_sha256_passes_through(field: str, digest: str) -> None:
         assert result == Normalized(field, digest.lower(), digest.lower())
 
 
+@settings(deadline=None)
 @given(value=raw_text)
 def test_omissions_never_echo_the_value(value: str) -> None:
     for field in HASHED_FIELDS:
