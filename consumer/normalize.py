@@ -497,22 +497,25 @@ class Normalizer:
 
     def _hashed(self, field: str, value: object, hint: str | None) -> Normalized | Omission:
         if isinstance(value, dt.date):
-            text: str = ""
-        else:
-            text = _nfc(str(value)).strip()
-            if not text:
-                return Omission(field, EMPTY)
-            if _is_hex(text, 64):
-                digest = text.lower()
-                if digest == SHA256_OF_EMPTY:
-                    return Omission(field, HASH_OF_EMPTY)
-                return Normalized(field, digest, digest)
+            # Only db takes dates (see _normalize); there is no text to trim or to find a hash in.
+            return self._ruled(field, value, hint)
+        text = _nfc(str(value)).strip()
+        if not text:
+            return Omission(field, EMPTY)
+        if _is_hex(text, 64):
+            digest = text.lower()
+            if digest == SHA256_OF_EMPTY:
+                return Omission(field, HASH_OF_EMPTY)
+            return Normalized(field, digest, digest)
         if field == "external_id":
             # A 32-hex external_id is usually uuid4().hex, an ordinary ID, so it is hashed like any other.
             return Normalized(field, text, sha256_hex(text) if self._hash_external_id else text)
         if _is_hex(text, 32):
             return Omission(field, MD5_NOT_ACCEPTED)
-        normalized = self._apply_rule(field, value if isinstance(value, dt.date) else text, hint)
+        return self._ruled(field, text, hint)
+
+    def _ruled(self, field: str, value: str | dt.date, hint: str | None) -> Normalized | Omission:
+        normalized = self._apply_rule(field, value, hint)
         if isinstance(normalized, _Fail):
             return Omission(field, normalized.reason)
         # A rule can distil garbage into 32 hex characters; omitting it keeps the rules idempotent.
