@@ -126,6 +126,9 @@ _MINOR_UNITS: dict[str, int] = {
     **dict.fromkeys(("CLF", "UYW"), 4),
 }
 _MONEY_KEYS = frozenset({"value", "predicted_ltv", "net_revenue"})
+_TEXT_KEYS = frozenset(
+    {"order_id", "item_number", "content_name", "content_category", "search_string", "status"}
+)
 
 
 def currency_minor_units(currency: str | None) -> int:
@@ -783,6 +786,8 @@ def _custom_data(parts: _Parts, record: Mapping[str, Any]) -> dict[str, Any]:
             value = [str(v) for v in (value if isinstance(value, list) else [value]) if v is not None]
         elif key == "currency" and isinstance(value, str):
             value = value.strip().upper()
+        elif key in _TEXT_KEYS and isinstance(value, int | uuid.UUID):
+            value = str(value)  # Meta types these as strings; an order number may be a long
         data[key] = value
     data.update(parts.constants)
     places = currency_minor_units(data.get("currency") if isinstance(data.get("currency"), str) else None)
