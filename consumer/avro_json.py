@@ -175,9 +175,10 @@ class _Coercer:
             for branch in branches:
                 if self.index.branch_name(branch, ns) == key:
                     return self.convert(inner, branch, ns, path)
-        for branch in branches:
-            if self.index.resolve(branch, ns)[0] == "null":
-                continue
+        candidates = [b for b in branches if self.index.resolve(b, ns)[0] != "null"]
+        if len(candidates) == 1:  # the common optional field: report the branch's own error
+            return self.convert(value, candidates[0], ns, path)
+        for branch in candidates:
             try:
                 return self.convert(value, branch, ns, path)
             except AvroJsonError:
