@@ -26,7 +26,7 @@ test: lint typecheck
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
 
 demo: venv
-	$(BIN)/python -m consumer.demo
+	$(BIN)/python -m consumer.demo $(ARGS)
 
 bench: venv
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)

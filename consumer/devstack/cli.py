@@ -1,4 +1,4 @@
-"""`capi-devstack`: start Kafka + Schema Registry (+ CAPI emulator), print one JSON line, run until signalled."""
+"""`capi-devstack`: start Kafka, Schema Registry (and the CAPI emulator); print one JSON line; wait."""
 
 from __future__ import annotations
 

@@ -181,8 +181,8 @@ class DevStack:
                 *jvm,
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_file.read_text().strip(),
+                # "=" form: a base64url cluster ID may start with "-", which argparse takes for an option.
+                f"--cluster-id={cluster_file.read_text().strip()}",
                 "-c",
                 str(server_props),
                 "--ignore-formatted",

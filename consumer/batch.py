@@ -1,0 +1,128 @@
+"""Batch stage: server events grouped per destination (pixel + token), flushed on size, bytes or linger.
+
+Events arrive already serialized (JSON bytes), so a batch's request body is assembled by joining them
+and its byte size is exact without serializing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Message
+
+from consumer.offsets import Ticket
+
+# `{"data":[...]}` plus room for test_event_code / partner_agent.
+BODY_OVERHEAD_BYTES = 512
+
+
+@dataclass(slots=True)
+class Origin:
+    """The source record of an event, kept for the dead-letter topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+
+    @classmethod
+    def from_message(cls, msg: Message) -> Origin:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:
+            raise ValueError("not a consumed record")
+        _kind, ts = msg.timestamp()
+        raw = msg.headers() or []
+        items = raw.items() if isinstance(raw, dict) else raw
+        headers = [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in items]
+        return cls(
+            topic, partition, offset, ts if ts > 0 else None, _as_bytes(msg.key()), msg.value(), headers
+        )
+
+
+def _as_bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+@dataclass(slots=True)
+class PendingEvent:
+    """One server event on its way to Meta."""
+
+    body: bytes
+    """The server event as JSON bytes."""
+    event_name: str
+    event_time: int
+    """Unix seconds."""
+    action_source: str
+    ticket: Ticket
+    origin: Origin
+    record_timestamp_ms: int | None = None
+    attempts: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Batch:
+    destination: str
+    events: list[PendingEvent]
+    size: int
+    opened_at: float
+    """Monotonic seconds when the first event joined."""
+
+
+class Batcher:
+    """Open batches keyed by destination name."""
+
+    def __init__(
+        self, *, max_events: int, max_bytes: int, linger_s: float, clock: Callable[[], float]
+    ) -> None:
+        if not 1 <= max_events <= 1000:
+            raise ValueError("max_events must be between 1 and 1000 (Meta's limit per request)")
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.linger_s = linger_s
+        self._clock = clock
+        self._open: dict[str, Batch] = {}
+
+    def add(self, destination: str, event: PendingEvent) -> list[Batch]:
+        """Add an event; returns the batches that became ready (full by count or bytes)."""
+        ready: list[Batch] = []
+        batch = self._open.get(destination)
+        cost = len(event.body) + 1
+        if batch is not None and batch.size + cost > self.max_bytes:
+            ready.append(self._open.pop(destination))
+            batch = None
+        if batch is None:
+            batch = Batch(destination, [], BODY_OVERHEAD_BYTES, self._clock())
+            self._open[destination] = batch
+        batch.events.append(event)
+        batch.size += cost
+        if len(batch.events) >= self.max_events or batch.size >= self.max_bytes:
+            ready.append(self._open.pop(destination))
+        return ready
+
+    def due(self) -> list[Batch]:
+        """Batches whose linger time has passed."""
+        now = self._clock()
+        names = [n for n, b in self._open.items() if now - b.opened_at >= self.linger_s]
+        return [self._open.pop(n) for n in names]
+
+    def drain(self) -> list[Batch]:
+        """Every open batch (shutdown)."""
+        batches = list(self._open.values())
+        self._open.clear()
+        return batches
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time at which the oldest open batch is due, or None."""
+        if not self._open:
+            return None
+        return min(b.opened_at for b in self._open.values()) + self.linger_s
+
+    @property
+    def open_events(self) -> int:
+        return sum(len(b.events) for b in self._open.values())

@@ -1,0 +1,25 @@
+"""`capi-consumer run --config FILE`: the service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from consumer import logs
+from consumer.config import ConfigError, load_config
+
+
+def main(args: argparse.Namespace) -> int:
+    logs.setup(os.environ.get("CAPI_LOG_LEVEL", "INFO"))
+    try:
+        config = load_config(args.config)
+        from consumer.app import build_mapper, run_until_signalled
+
+        # Every mapping is checked against its reader schema before anything connects.
+        mapper = build_mapper(config)
+    except ConfigError as exc:
+        print(f"capi-consumer: configuration error\n{exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_until_signalled(config, mapper))

@@ -1,0 +1,274 @@
+"""Deliver stage: POST batches to the Graph API `/{version}/{pixel_id}/events`, retry, bisect.
+
+- One aiohttp session with keep-alive; a semaphore bounds requests in flight.
+- The access token travels in an `Authorization: Bearer` header, never in a URL or a log line.
+- Transient errors (network, 5xx, HTML bodies, throttling, `is_transient`) are retried with capped
+  exponential backoff and full jitter, waiting at least what `Retry-After` or
+  `X-Business-Use-Case-Usage.estimated_time_to_regain_access` asks for; an event is never retried past
+  its validity (7 days, 62 for physical_store) - it fails as expired instead.
+- A permanent error on a batch (Meta rejects the whole request for one bad event) splits the batch in
+  halves until the offending events are isolated; only they fail, the rest is delivered.
+- Destination-wide errors (bad token, permissions, unknown pixel, retired version) are retried with a
+  long backoff: draining the topic into the dead-letter topic would turn a config mistake into data loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from consumer.batch import PendingEvent
+from consumer.errors import (
+    DESTINATION_UNAVAILABLE,
+    EVENT_EXPIRED,
+    ErrorClass,
+    Failure,
+    GraphError,
+    Stage,
+    classify_graph_error,
+    transport_error,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_AGE_S = 7 * 86400
+PHYSICAL_STORE_MAX_AGE_S = 62 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a batch goes. `token` is a secret: never log or export it."""
+
+    name: str
+    pixel_id: str
+    token: str
+    test_event_code: str | None = None
+    partner_agent: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Destination(name={self.name!r}, pixel_id={self.pixel_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    events_received: int
+    fbtrace_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_s: float = 0.5
+    cap_s: float = 60.0
+    destination_base_s: float = 5.0
+    destination_cap_s: float = 300.0
+
+    def delay(self, attempt: int, error: GraphError) -> float:
+        """Seconds to wait before attempt `attempt + 1` (full jitter, at least Meta's hint)."""
+        if error.error_class is ErrorClass.DESTINATION:
+            base, cap = self.destination_base_s, self.destination_cap_s
+        else:
+            base, cap = self.base_s, self.cap_s
+        backoff = random.uniform(0, min(cap, base * (2**attempt)))
+        hint = error.retry_after_s or 0.0
+        return max(backoff, hint)
+
+
+def expires_at(event: PendingEvent) -> float:
+    """Unix seconds after which Meta refuses the event."""
+    window = PHYSICAL_STORE_MAX_AGE_S if event.action_source == "physical_store" else MAX_AGE_S
+    return event.event_time + window
+
+
+class GraphClient:
+    """Thin async client for the events edge."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_version: str,
+        timeout_s: float,
+        max_requests_in_flight: int,
+        user_agent: str = "capi-consumer",
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._version = api_version
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._limit = max_requests_in_flight
+        self._semaphore = asyncio.Semaphore(max_requests_in_flight)
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+        self.requests_sent = 0
+
+    async def __aenter__(self) -> GraphClient:
+        connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def url(self, pixel_id: str) -> str:
+        return f"{self._base}/{self._version}/{pixel_id}/events"
+
+    @staticmethod
+    def body(destination: Destination, events: Sequence[PendingEvent]) -> bytes:
+        parts = [b'{"data":[', b",".join(e.body for e in events), b"]"]
+        if destination.test_event_code:
+            parts.append(b',"test_event_code":' + orjson.dumps(destination.test_event_code))
+        if destination.partner_agent:
+            parts.append(b',"partner_agent":' + orjson.dumps(destination.partner_agent))
+        parts.append(b"}")
+        return b"".join(parts)
+
+    async def post(self, destination: Destination, events: Sequence[PendingEvent]) -> Accepted | GraphError:
+        assert self._session is not None, "use GraphClient as an async context manager"
+        headers = {
+            "Authorization": f"Bearer {destination.token}",
+            "Content-Type": "application/json",
+            "User-Agent": self._user_agent,
+        }
+        data = self.body(destination, events)
+        async with self._semaphore:
+            self.requests_sent += 1
+            try:
+                async with self._session.post(
+                    self.url(destination.pixel_id), data=data, headers=headers
+                ) as r:
+                    raw = await r.read()
+                    status = r.status
+                    resp_headers = {k: v for k, v in r.headers.items()}
+            except TimeoutError:
+                return transport_error("request timed out")
+            except aiohttp.ClientError as exc:
+                return transport_error(f"{type(exc).__name__}")
+        try:
+            payload = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            payload = None
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            return classify_graph_error(payload["error"], http_status=status, headers=resp_headers)
+        if status == 200 and isinstance(payload, dict) and "events_received" in payload:
+            fbtrace = payload.get("fbtrace_id")
+            return Accepted(int(payload["events_received"]), str(fbtrace) if fbtrace else None)
+        # HTML 502 pages, empty bodies, unexpected shapes: Graph's edge is having trouble.
+        return transport_error(f"unexpected response (http {status})", http_status=status)
+
+
+Outcome = tuple[PendingEvent, Failure | None]
+"""An event and its fate: None = accepted by Meta, else why it failed permanently."""
+
+
+class Deliverer:
+    """Delivers one batch to completion: every event ends accepted or with a permanent Failure."""
+
+    def __init__(
+        self,
+        client: GraphClient,
+        *,
+        policy: RetryPolicy | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        on_retry: Callable[[Destination, GraphError, float], None] | None = None,
+        on_response: Callable[[Destination, int, Accepted | GraphError, float], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._policy = policy or RetryPolicy()
+        self._now = wall_clock
+        self._on_retry = on_retry
+        self._on_response = on_response
+
+    async def deliver(self, destination: Destination, events: list[PendingEvent]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        await self._deliver(destination, events, outcomes)
+        return outcomes
+
+    async def _deliver(
+        self, destination: Destination, events: list[PendingEvent], outcomes: list[Outcome]
+    ) -> None:
+        attempt = 0
+        while events:
+            events = self._drop_expired(events, outcomes)
+            if not events:
+                return
+            for event in events:
+                event.attempts += 1
+            started = time.monotonic()
+            result = await self._client.post(destination, events)
+            if self._on_response is not None:
+                self._on_response(destination, len(events), result, time.monotonic() - started)
+            if isinstance(result, Accepted):
+                outcomes.extend((e, None) for e in events)
+                return
+            if result.error_class is ErrorClass.PERMANENT:
+                if len(events) == 1:
+                    outcomes.append((events[0], result.failure()))
+                    return
+                middle = len(events) // 2
+                # Halves go out concurrently; the semaphore in the client still bounds requests.
+                left: list[Outcome] = []
+                right: list[Outcome] = []
+                await asyncio.gather(
+                    self._deliver(destination, events[:middle], left),
+                    self._deliver(destination, events[middle:], right),
+                )
+                outcomes.extend(left)
+                outcomes.extend(right)
+                return
+            delay = self._policy.delay(attempt, result)
+            if self._on_retry is not None:
+                self._on_retry(destination, result, delay)
+            log.warning(
+                "retrying batch",
+                extra={
+                    "destination": destination.name,
+                    "pixel_id": destination.pixel_id,
+                    "events": len(events),
+                    "error_class": str(result.error_class),
+                    "graph_code": result.code,
+                    "graph_subcode": result.subcode,
+                    "fbtrace_id": result.fbtrace_id,
+                    "delay_s": round(delay, 3),
+                    "attempt": attempt + 1,
+                },
+            )
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    def _drop_expired(self, events: list[PendingEvent], outcomes: list[Outcome]) -> list[PendingEvent]:
+        now = self._now()
+        keep: list[PendingEvent] = []
+        for event in events:
+            if now >= expires_at(event):
+                outcomes.append(
+                    (
+                        event,
+                        Failure(
+                            Stage.DELIVER,
+                            EVENT_EXPIRED,
+                            ErrorClass.PERMANENT,
+                            "event passed Meta's event_time window before it could be delivered",
+                        ),
+                    )
+                )
+            else:
+                keep.append(event)
+        return keep
+
+
+__all__ = [
+    "DESTINATION_UNAVAILABLE",
+    "Accepted",
+    "Deliverer",
+    "Destination",
+    "GraphClient",
+    "Outcome",
+    "RetryPolicy",
+]

@@ -1,0 +1,138 @@
+"""The metrics catalogue: every Prometheus metric the service exports, declared once, with help text.
+
+Label values are bounded by configuration (topics, pixels, event names, reason codes, Graph codes):
+never an event ID, a customer identifier or a token.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
+AGE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0, 259200.0, 518400.0, 604800.0)
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 750, 1000)
+
+MATCH_KEYS = (
+    "em",
+    "ph",
+    "external_id",
+    "fn",
+    "ln",
+    "db",
+    "ct",
+    "st",
+    "zp",
+    "country",
+    "fbp",
+    "fbc",
+    "client_ip_address",
+    "client_user_agent",
+)
+
+
+class Metrics:
+    """One instance per process (or per test), each with its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.records_consumed = Counter(
+            "capi_records_consumed", "Kafka records consumed", ["topic"], registry=r
+        )
+        self.decode_failures = Counter(
+            "capi_decode_failures", "Records that could not be decoded", ["reason"], registry=r
+        )
+        self.events_mapped = Counter(
+            "capi_events_mapped", "Records mapped to a server event", ["event_name"], registry=r
+        )
+        self.events_filtered = Counter(
+            "capi_events_filtered", "Records deliberately not sent (settled)", ["reason"], registry=r
+        )
+        self.events_rejected = Counter(
+            "capi_events_rejected",
+            "Records that failed mapping or pre-send validation",
+            ["stage", "reason"],
+            registry=r,
+        )
+        self.identifiers_omitted = Counter(
+            "capi_identifiers_omitted",
+            "Customer identifiers left out by normalization",
+            ["field", "reason"],
+            registry=r,
+        )
+        self.events_sent = Counter(
+            "capi_events_sent",
+            "Events sent to the Graph API (every attempt)",
+            ["pixel", "event_name"],
+            registry=r,
+        )
+        self.events_accepted = Counter(
+            "capi_events_accepted", "Events accepted by the Graph API", ["pixel", "event_name"], registry=r
+        )
+        self.match_keys = Counter(
+            "capi_match_key_events",
+            "Accepted events carrying a user_data key (divide by capi_events_accepted for coverage)",
+            ["pixel", "key"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "capi_request_duration_seconds",
+            "Graph API request latency",
+            ["pixel", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "capi_batch_size_events", "Events per Graph API request", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.graph_errors = Counter(
+            "capi_graph_errors", "Graph API error responses", ["code", "subcode"], registry=r
+        )
+        self.retries = Counter(
+            "capi_retries",
+            "Batch retries after transient or destination errors",
+            ["pixel", "error_class"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "capi_dead_lettered",
+            "Records written to a dead-letter topic (acknowledged)",
+            ["topic", "stage", "reason"],
+            registry=r,
+        )
+        self.dead_letter_failures = Counter(
+            "capi_dead_letter_write_failures", "Dead-letter writes Kafka refused", ["topic"], registry=r
+        )
+        self.destinations_parked = Gauge(
+            "capi_destinations_parked", "Destinations currently parked", registry=r
+        )
+        self.in_flight_events = Gauge(
+            "capi_in_flight_events", "Consumed records not yet committable", registry=r
+        )
+        self.in_flight_bytes = Gauge(
+            "capi_in_flight_bytes", "Bytes of consumed records not yet committable", registry=r
+        )
+        self.partitions_paused = Gauge(
+            "capi_partitions_paused", "Partitions paused for backpressure", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "capi_consumer_lag", "High watermark minus committed offset", ["topic", "partition"], registry=r
+        )
+        self.end_to_end_latency = Histogram(
+            "capi_end_to_end_latency_seconds",
+            "Record timestamp to Meta's acceptance",
+            buckets=E2E_BUCKETS,
+            registry=r,
+        )
+        self.event_age_at_send = Histogram(
+            "capi_event_age_at_send_seconds", "event_time to send time", buckets=AGE_BUCKETS, registry=r
+        )
+        self.dlq_oldest_age = Gauge(
+            "capi_dlq_oldest_record_age_seconds",
+            "Age of the oldest record waiting in a dead-letter topic (Meta refuses events older than 7 days)",
+            ["topic"],
+            registry=r,
+        )
+        self.last_loop = Gauge(
+            "capi_consume_loop_last_turn_timestamp_seconds", "When the consume loop last turned", registry=r
+        )

@@ -1,0 +1,192 @@
+"""Source stage: the Kafka consumer, its rebalance callbacks, backpressure pauses, and offset commits.
+
+This is the one place that stores and commits offsets. The recipe is librdkafka's own at-least-once
+one: `enable.auto.offset.store=false`; an offset is stored (`store_offsets`) only once
+`consumer.offsets` says every record before it is settled; the background auto-commit then commits
+stored offsets, and revocation and shutdown commit synchronously.
+
+Rebalancing is incremental (cooperative-sticky by default, or KIP-848 with group_protocol=consumer).
+On revoke, the revoked partitions' settled watermark is committed and their unsettled records are
+abandoned: the next owner re-reads them, and Meta deduplicates the resends because the order ID is
+the event_id. On lost, nothing is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from consumer.offsets import OffsetLedger
+
+log = logging.getLogger(__name__)
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{p.topic}[{p.partition}]" for p in partitions]
+
+
+class UnsafeConfigError(ValueError):
+    """Kafka settings that would lose events."""
+
+
+def check_safe(conf: Mapping[str, Any]) -> None:
+    """Refuse settings that break at-least-once delivery (consumer-semantics.md, rule 2)."""
+    if str(conf.get("enable.auto.offset.store", "")).lower() not in ("false", "0"):
+        raise UnsafeConfigError("kafka consumer: enable.auto.offset.store must be false")
+
+
+class KafkaSource:
+    """Owns the confluent-kafka Consumer; call every method from the one thread that runs the loop."""
+
+    def __init__(
+        self,
+        conf: Mapping[str, Any],
+        topics: list[str],
+        ledger: OffsetLedger,
+        *,
+        on_partitions_changed: Callable[[], None] | None = None,
+    ) -> None:
+        check_safe(conf)
+        # librdkafka's own log lines go through logging, so they come out as structured JSON too.
+        self._consumer = Consumer(dict(conf), logger=logging.getLogger("librdkafka.consumer"))
+        self._ledger = ledger
+        self._topics = topics
+        self._paused = False
+        self._on_changed = on_partitions_changed
+        self.assigned: set[tuple[str, int]] = set()
+        self.fatal_error: KafkaError | None = None
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe(
+            self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    # -- rebalance callbacks (run inside consume())
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._ledger.assign((tp.topic, tp.partition))
+            self.assigned.add((tp.topic, tp.partition))
+        if self._paused and partitions:
+            # Pause state must cover partitions that arrive while we are applying backpressure.
+            consumer.pause(partitions)
+        log.info(
+            "partitions assigned", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}
+        )
+        if self._on_changed is not None:
+            self._on_changed()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        offsets = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            ledger = self._ledger.get(key)
+            if ledger is not None and ledger.committable is not None:
+                offsets.append(TopicPartition(tp.topic, tp.partition, ledger.committable))
+            self._ledger.revoke(key)
+            self.assigned.discard(key)
+        if offsets:
+            try:
+                consumer.store_offsets(offsets=offsets)
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("commit on revoke failed", extra={"error": str(exc)})
+        log.info(
+            "partitions revoked", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}
+        )
+        if self._on_changed is not None:
+            self._on_changed()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another member may already own them: committing now could move its offsets backwards.
+        for tp in partitions:
+            self._ledger.revoke((tp.topic, tp.partition))
+            self.assigned.discard((tp.topic, tp.partition))
+        log.warning(
+            "partitions lost", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}
+        )
+        if self._on_changed is not None:
+            self._on_changed()
+
+    # -- the loop's calls
+    def consume(self, max_records: int) -> list[Message]:
+        """Records available now (never blocks: the caller is an asyncio loop)."""
+        messages: list[Message] = self._consumer.consume(num_messages=max_records, timeout=0)
+        records = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                records.append(msg)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
+            elif err.fatal():
+                self.fatal_error = err
+            else:
+                log.warning("kafka consumer error", extra={"error": err.str(), "code": err.code()})
+        return records
+
+    def store_settled(self) -> int:
+        """Store the committable offset of every partition whose watermark moved; returns how many."""
+        offsets = [TopicPartition(t, p, off) for (t, p), off in self._ledger.take_dirty()]
+        if not offsets:
+            return 0
+        try:
+            self._consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:
+            # _STATE: the partition moved to another member between settle and store. Its records
+            # will be re-read there, which is safe.
+            if exc.args and exc.args[0].code() != KafkaError._STATE:
+                raise
+        return len(offsets)
+
+    def set_paused(self, paused: bool) -> None:
+        if paused == self._paused:
+            return
+        partitions = [TopicPartition(t, p) for t, p in self.assigned]
+        if partitions:
+            if paused:
+                self._consumer.pause(partitions)
+            else:
+                self._consumer.resume(partitions)
+        self._paused = paused
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def commit_final(self) -> list[TopicPartition]:
+        """Synchronously commit every assigned partition's settled watermark (shutdown)."""
+        offsets = [
+            TopicPartition(t, p, ledger.committable)
+            for t, p in list(self.assigned)
+            if (ledger := self._ledger.get((t, p))) is not None and ledger.committable is not None
+        ]
+        if offsets:
+            self._consumer.store_offsets(offsets=offsets)
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        return offsets
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """High watermark minus the settled watermark per assigned partition (local state, no I/O)."""
+        result: dict[tuple[str, int], int] = {}
+        for topic, partition in list(self.assigned):
+            tp = TopicPartition(topic, partition)
+            try:
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high is None or high < 0:
+                continue
+            ledger = self._ledger.get((topic, partition))
+            done = ledger.committable if ledger is not None else None
+            if done is None:
+                positions = self._consumer.position([tp])
+                done = positions[0].offset if positions and positions[0].offset >= 0 else None
+            if done is not None:
+                result[(topic, partition)] = max(0, high - done)
+        return result
+
+    def close(self) -> None:
+        self._consumer.close()

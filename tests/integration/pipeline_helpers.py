@@ -1,0 +1,174 @@
+"""Shared helpers of the pipeline integration tests: config files, producing samples, running the consumer."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import yaml
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from consumer.devstack import Endpoints
+from consumer.samples import Sample
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMAS = {
+    "order": REPO / "schemas" / "order_event.avsc",
+    "subscription": REPO / "schemas" / "subscription_event.avsc",
+}
+TOKEN = "test-token"
+PIXEL = "1234567890"
+
+
+def write_config(
+    tmp_path: Path,
+    stack: Endpoints,
+    capi_base_url: str,
+    topics: dict[str, str],
+    *,
+    group_id: str,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """A consumer config for `topics` (name -> kind) sending everything to PIXEL."""
+    config: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": stack.bootstrap_servers, "group_id": group_id},
+        "schema_registry": {"url": stack.schema_registry_url},
+        "topics": {
+            name: {"kind": kind, "reader_schema": str(SCHEMAS[kind]), "destination": "main"}
+            for name, kind in topics.items()
+        },
+        "destinations": {"main": {"pixel_id": PIXEL, "access_token_env": "CAPI_ACCESS_TOKEN"}},
+        "capi": {"base_url": capi_base_url, "timeout_s": 5.0},
+        "batching": {"linger_ms": 100},
+        "metrics": {"port": 0, "host": "127.0.0.1"},
+        "shutdown": {"drain_deadline_s": 10},
+    }
+    for key, value in (extra or {}).items():
+        config.setdefault(key, {}).update(value)
+    path = tmp_path / f"config-{group_id}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def produce(stack: Endpoints, samples: Iterable[Sample], topics: dict[str, str]) -> int:
+    """Produce samples in Confluent wire format to the topic of their kind; returns the count."""
+    assert stack.schema_registry_url is not None
+    registry = SchemaRegistryClient({"url": stack.schema_registry_url})
+    by_kind = {kind: name for name, kind in topics.items()}
+    serializers = {kind: AvroSerializer(registry, SCHEMAS[kind].read_text()) for kind in by_kind}
+    producer = Producer({"bootstrap.servers": stack.bootstrap_servers, "linger.ms": 20})
+    count = 0
+    for sample in samples:
+        topic = by_kind[sample.kind]
+        value = serializers[sample.kind](sample.record, SerializationContext(topic, MessageField.VALUE))
+        key = str(sample.record.get("order_id") or sample.record.get("subscription_id")).encode()
+        producer.produce(topic, key=key, value=value)
+        count += 1
+        if count % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    del producer  # close its connections now, not when the broker is already gone
+    return count
+
+
+def produce_raw(stack: Endpoints, topic: str, values: Iterable[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
+    for value in values:
+        producer.produce(topic, value=value)
+    assert producer.flush(30) == 0
+
+
+def avro_roundtrip(kind: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The record as the consumer sees it after decoding (datetime, Decimal, date types)."""
+    schema = fastavro.parse_schema(json.loads(SCHEMAS[kind].read_text()))
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, record)
+    buf.seek(0)
+    decoded: dict[str, Any] = fastavro.schemaless_reader(buf, schema, None)  # type: ignore[assignment]
+    return decoded
+
+
+class ConsumerProcess:
+    """`capi-consumer run` as a real child process."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "run", "--config", str(config)],
+            env={**os.environ, "CAPI_ACCESS_TOKEN": TOKEN, **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout_s)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def emulator_events(base_url: str, pixel: str = PIXEL) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{base_url}/_emulator/events?pixel={pixel}", timeout=10) as resp:
+        events: list[dict[str, Any]] = json.loads(resp.read())["events"]
+        return events
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def committed_total(bootstrap: str, group_id: str, topic: str, partitions: int) -> int:
+    """Sum of committed offsets of `group_id` on `topic`."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    try:
+        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        consumer.close()
+    return sum(max(tp.offset, 0) for tp in offsets)
+
+
+def _admin(base_url: str, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        f"{base_url}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        raw = resp.read()
+        return json.loads(raw) if raw else None
+
+
+def add_fault(base_url: str, spec: dict[str, Any]) -> Any:
+    return _admin(base_url, "POST", "/_emulator/faults", spec)
+
+
+def clear_faults(base_url: str) -> Any:
+    return _admin(base_url, "DELETE", "/_emulator/faults")
