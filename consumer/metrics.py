@@ -2,11 +2,17 @@
 
 Label values are bounded by configuration (topics, pixels, event names, reason codes, Graph codes):
 never an event ID, a customer identifier or a token.
+
+prometheus-client exports a counter `capi_x` as `capi_x_total` (plus `capi_x_created`) and a histogram as
+`_bucket`/`_sum`/`_count`; `Metrics.series_names()` lists the names a scrape can contain. The README's
+"Observability" section documents every metric; a test keeps the two in step.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from consumer import __version__
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
@@ -62,7 +68,7 @@ class Metrics:
         )
         self.events_sent = Counter(
             "capi_events_sent",
-            "Events sent to the Graph API (every attempt)",
+            "Events handed to the Graph API for delivery, once per event (retries: capi_retries)",
             ["pixel", "event_name"],
             registry=r,
         )
@@ -133,6 +139,36 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.dlq_waiting = Gauge(
+            "capi_dlq_records_waiting",
+            "Records in a dead-letter topic after the replay group's committed offset",
+            ["topic"],
+            registry=r,
+        )
+        self.dlq_monitor_last_success = Gauge(
+            "capi_dlq_monitor_last_success_timestamp_seconds",
+            "When the dead-letter monitor last measured every dead-letter topic",
+            registry=r,
+        )
+        self.dlq_monitor_errors = Counter(
+            "capi_dlq_monitor_errors", "Dead-letter monitor checks that failed", registry=r
+        )
         self.last_loop = Gauge(
             "capi_consume_loop_last_turn_timestamp_seconds", "When the consume loop last turned", registry=r
         )
+        self.build_info = Gauge(
+            "capi_build_info", "Always 1; the label carries the running version", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+
+    def series_names(self) -> set[str]:
+        """Every sample name a scrape of this registry can contain (suffixes included)."""
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_sum", "_count", "_created"),
+            "gauge": ("",),
+        }
+        names: set[str] = set()
+        for family in self.registry.collect():
+            names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+        return names
