@@ -68,7 +68,7 @@ class Metrics:
         )
         self.events_sent = Counter(
             "capi_events_sent",
-            "Events handed to the Graph API for delivery, once per event (retries: capi_retries)",
+            "Events sent to the Graph API, counted on every attempt (a retried event counts again)",
             ["pixel", "event_name"],
             registry=r,
         )
