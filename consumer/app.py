@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from dataclasses import dataclass
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -19,7 +20,8 @@ from consumer.mapping import Mapper
 from consumer.metrics import Metrics
 from consumer.normalize import Normalizer
 from consumer.offsets import OffsetLedger
-from consumer.pipeline import Pipeline, PipelineParts
+from consumer.pipeline import DeadLetterGuard, Pipeline, PipelineParts
+from consumer.replay import EXPIRED_REASONS, FILTERED_OUT, ReplayFilter, router
 from consumer.source import KafkaSource
 
 log = logging.getLogger(__name__)
@@ -63,12 +65,28 @@ def build_decoder(config: AppConfig) -> Decoder:
     return Decoder(readers, registry=registry, writer_schemas=writers)
 
 
-def build_pipeline(config: AppConfig, metrics: Metrics, mapper: Mapper | None = None) -> Pipeline:
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What a live replay reads and how it treats records (see consumer.replay)."""
+
+    topics: list[str]
+    ends: dict[tuple[str, int], tuple[int, int]]
+    filter: ReplayFilter
+
+
+def build_pipeline(
+    config: AppConfig, metrics: Metrics, mapper: Mapper | None = None, *, replay: ReplayPlan | None = None
+) -> Pipeline:
     ledger = OffsetLedger()
     mapper = mapper or build_mapper(config)
     dlq_topics = {name: topic.dlq_topic for name, topic in config.topics.items()}
+    consumer_conf = config.consumer_properties()
+    topics = list(config.topics)
+    if replay is not None:
+        consumer_conf["group.id"] = f"{config.kafka.group_id}-replay"
+        topics = replay.topics
     parts = PipelineParts(
-        source=KafkaSource(config.consumer_properties(), list(config.topics), ledger),
+        source=KafkaSource(consumer_conf, topics, ledger),
         ledger=ledger,
         decoder=build_decoder(config),
         mapper=mapper,
@@ -82,8 +100,13 @@ def build_pipeline(config: AppConfig, metrics: Metrics, mapper: Mapper | None = 
             config.producer_properties(),
             group_id=config.kafka.group_id,
             topic_for=lambda topic: dlq_topics.get(topic, topic + ".dlq"),
+            write_timeout_s=config.dlq.write_timeout_s,
         ),
         destinations=build_destinations(config),
+        destination_topics={
+            name: {t for t, topic in config.topics.items() if topic.destination == name}
+            for name in config.destinations
+        },
         client=GraphClient(
             base_url=config.capi.base_url,
             api_version=config.capi.api_version,
@@ -95,19 +118,46 @@ def build_pipeline(config: AppConfig, metrics: Metrics, mapper: Mapper | None = 
         max_in_flight_bytes=config.limits.max_in_flight_bytes,
         drain_deadline_s=config.shutdown.drain_deadline_s,
         retry_policy=RetryPolicy(
-            base_s=config.capi.retry_initial_backoff_s, cap_s=config.capi.retry_max_backoff_s
+            base_s=config.capi.retry_initial_backoff_s,
+            cap_s=config.capi.retry_max_backoff_s,
+            destination_base_s=config.capi.parked_retry_initial_backoff_s,
+            destination_cap_s=config.capi.parked_retry_max_backoff_s,
+            parked_dead_letter_after_s=config.dlq.parked_dead_letter_after_s,
         ),
+        guard=DeadLetterGuard(config.dlq.max_ratio, config.dlq.window_s, config.dlq.min_events),
     )
+    if replay is not None:
+        # Records in the DLQ are already failures: sending one back is no drain, so no guard.
+        parts.guard = None
+        parts.route = router(config)
+        parts.skip_reasons = EXPIRED_REASONS
+        flt = replay.filter
+        parts.skip = lambda origin: FILTERED_OUT if flt.rejects(origin) else None
+        pending = {key: high for key, (low, high) in replay.ends.items() if high > low}
+        parts.finished = lambda pipeline: replay_finished(pipeline, pending)
     return Pipeline(parts)
+
+
+def replay_finished(pipeline: Pipeline, ends: dict[tuple[str, int], int]) -> bool:
+    """Every dead-letter partition read up to its end snapshot and everything read is settled."""
+    source = pipeline.p.source
+    if not set(ends) <= source.assigned:
+        return False
+    positions = source.positions()
+    if any(positions.get(key, -1) < high for key, high in ends.items()):
+        return False
+    return pipeline.p.ledger.events_in_flight == 0 and pipeline.p.batcher.open_events == 0
 
 
 class Service:
     """The pipeline plus its /metrics, /healthz, /readyz endpoint."""
 
-    def __init__(self, config: AppConfig, mapper: Mapper | None = None) -> None:
+    def __init__(
+        self, config: AppConfig, mapper: Mapper | None = None, *, replay: ReplayPlan | None = None
+    ) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.pipeline = build_pipeline(config, self.metrics, mapper)
+        self.pipeline = build_pipeline(config, self.metrics, mapper, replay=replay)
         self.metrics_port: int | None = None
 
     async def run(self, stop: asyncio.Event) -> int:

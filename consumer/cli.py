@@ -34,10 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("replay", help="re-send records from a dead-letter topic")
     rep.add_argument("--config", required=True, help="YAML configuration file")
     rep.add_argument("--dlq-topic", default=None, help="dead-letter topic (default: every configured one)")
-    rep.add_argument("--since", default=None, help="only records dead-lettered at or after (ISO-8601)")
-    rep.add_argument("--until", default=None, help="only records dead-lettered before (ISO-8601)")
+    rep.add_argument(
+        "--since", default=None, help="only records dead-lettered at or after (ISO-8601 or epoch ms)"
+    )
+    rep.add_argument("--until", default=None, help="only records dead-lettered before (ISO-8601 or epoch ms)")
     rep.add_argument("--reason", default=None, help="only records with this reason code")
     rep.add_argument("--dry-run", action="store_true", help="print what would be sent; commit nothing")
+    rep.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="start from the oldest record, not where the last replay ended",
+    )
     return parser
 
 

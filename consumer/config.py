@@ -728,6 +728,9 @@ class CapiConfig(_Model):
     max_requests_in_flight: Annotated[int, Field(ge=1)] = 8
     retry_initial_backoff_s: PositiveFloat = 0.5
     retry_max_backoff_s: PositiveFloat = 60.0
+    parked_retry_initial_backoff_s: PositiveFloat = 5.0
+    """First wait before probing a parked destination again (bad token, permissions, unknown pixel)."""
+    parked_retry_max_backoff_s: PositiveFloat = 300.0
 
 
 class BatchingConfig(_Model):
@@ -763,11 +766,18 @@ class NormalizationConfig(_Model):
 
 
 class DlqConfig(_Model):
-    """Dead-letter guard: stop advancing a destination when too much goes to the DLQ (not a drain)."""
+    """Dead-letter behaviour. The guard stops the consumer (exit 1, nothing committed past the record)
+    when more than `max_ratio` of the records settled in the last `window_s` seconds (at least
+    `min_events` of them) would go to the dead-letter topics: a bad deploy must not drain a topic."""
 
     max_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
     window_s: PositiveFloat = 60.0
     min_events: Annotated[int, Field(ge=1)] = 100
+    write_timeout_s: PositiveFloat = 30.0
+    """How long Kafka may take to acknowledge a dead-letter copy before the consumer stops."""
+    parked_dead_letter_after_s: PositiveFloat | None = None
+    """Dead-letter the events of a parked destination after this long; None (default): never, they wait
+    (unsettled, uncommitted) until the destination recovers."""
 
 
 class ShutdownConfig(_Model):

@@ -68,6 +68,8 @@ class RetryPolicy:
     cap_s: float = 60.0
     destination_base_s: float = 5.0
     destination_cap_s: float = 300.0
+    parked_dead_letter_after_s: float | None = None
+    """Fail a parked destination's events (to the DLQ) after this long; None = wait for recovery."""
 
     def delay(self, attempt: int, error: GraphError) -> float:
         """Seconds to wait before attempt `attempt + 1` (full jitter, at least Meta's hint)."""
@@ -167,6 +169,24 @@ Outcome = tuple[PendingEvent, Failure | None]
 """An event and its fate: None = accepted by Meta, else why it failed permanently."""
 
 
+class DeliveryHooks:
+    """What the pipeline learns from deliveries (metrics, pausing, parking). Defaults do nothing."""
+
+    def on_send(self, destination: Destination, events: Sequence[PendingEvent]) -> None:
+        """A request with `events` is about to go out."""
+
+    def on_response(
+        self, destination: Destination, events: int, result: Accepted | GraphError, seconds: float
+    ) -> None:
+        """A request came back (or failed in transport) after `seconds`."""
+
+    def enter_backoff(self, destination: Destination, error: GraphError, delay_s: float) -> None:
+        """A batch of `destination` waits `delay_s` before retrying (transient or destination error)."""
+
+    def leave_backoff(self, destination: Destination, error: GraphError) -> None:
+        """That wait is over."""
+
+
 class Deliverer:
     """Delivers one batch to completion: every event ends accepted or with a permanent Failure."""
 
@@ -176,14 +196,12 @@ class Deliverer:
         *,
         policy: RetryPolicy | None = None,
         wall_clock: Callable[[], float] = time.time,
-        on_retry: Callable[[Destination, GraphError, float], None] | None = None,
-        on_response: Callable[[Destination, int, Accepted | GraphError, float], None] | None = None,
+        hooks: DeliveryHooks | None = None,
     ) -> None:
         self._client = client
         self._policy = policy or RetryPolicy()
         self._now = wall_clock
-        self._on_retry = on_retry
-        self._on_response = on_response
+        self._hooks = hooks or DeliveryHooks()
 
     async def deliver(self, destination: Destination, events: list[PendingEvent]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -194,16 +212,18 @@ class Deliverer:
         self, destination: Destination, events: list[PendingEvent], outcomes: list[Outcome]
     ) -> None:
         attempt = 0
+        parked_since: float | None = None
+        hooks = self._hooks
         while events:
             events = self._drop_expired(events, outcomes)
             if not events:
                 return
             for event in events:
                 event.attempts += 1
+            hooks.on_send(destination, events)
             started = time.monotonic()
             result = await self._client.post(destination, events)
-            if self._on_response is not None:
-                self._on_response(destination, len(events), result, time.monotonic() - started)
+            hooks.on_response(destination, len(events), result, time.monotonic() - started)
             if isinstance(result, Accepted):
                 outcomes.extend((e, None) for e in events)
                 return
@@ -222,11 +242,20 @@ class Deliverer:
                 outcomes.extend(left)
                 outcomes.extend(right)
                 return
+            if result.error_class is ErrorClass.DESTINATION:
+                parked_since = parked_since if parked_since is not None else time.monotonic()
+                limit = self._policy.parked_dead_letter_after_s
+                if limit is not None and time.monotonic() - parked_since >= limit:
+                    failure = result.failure(DESTINATION_UNAVAILABLE)
+                    outcomes.extend((e, failure) for e in events)
+                    return
+            else:
+                parked_since = None
             delay = self._policy.delay(attempt, result)
-            if self._on_retry is not None:
-                self._on_retry(destination, result, delay)
             log.warning(
-                "retrying batch",
+                "destination parked, probing again later"
+                if result.error_class is ErrorClass.DESTINATION
+                else "retrying batch",
                 extra={
                     "destination": destination.name,
                     "pixel_id": destination.pixel_id,
@@ -239,7 +268,11 @@ class Deliverer:
                     "attempt": attempt + 1,
                 },
             )
-            await asyncio.sleep(delay)
+            hooks.enter_backoff(destination, result, delay)
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                hooks.leave_backoff(destination, result)
             attempt += 1
 
     def _drop_expired(self, events: list[PendingEvent], outcomes: list[Outcome]) -> list[PendingEvent]:
@@ -261,14 +294,3 @@ class Deliverer:
             else:
                 keep.append(event)
         return keep
-
-
-__all__ = [
-    "DESTINATION_UNAVAILABLE",
-    "Accepted",
-    "Deliverer",
-    "Destination",
-    "GraphClient",
-    "Outcome",
-    "RetryPolicy",
-]

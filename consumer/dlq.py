@@ -15,6 +15,7 @@ all UTF-8 strings (like Kafka Connect's `__connect.errors.*`, readable by any to
 | `capi.dlq.graph.code` / `.subcode` / `.fbtrace_id` | the Graph API error, when Meta rejected it |
 | `capi.dlq.attempts` | delivery attempts so far (+1 on every replay that fails again) |
 | `capi.dlq.first.failure.time` | epoch ms of the first failure (kept across replays) |
+| `capi.dlq.failure.time` | epoch ms of this failure (what `replay --since/--until` filter on) |
 
 No header ever carries an access token or raw PII.
 """
@@ -71,6 +72,7 @@ def dlq_headers(
         "graph.fbtrace_id": failure.fbtrace_id,
         "attempts": str(prior_attempts + max(attempts, 1)),
         "first.failure.time": first_failure,
+        "failure.time": str(now_ms),
     }
     for name, value in context.items():
         if value is not None:
@@ -103,13 +105,15 @@ class DeadLetterWriter:
         *,
         group_id: str,
         topic_for: Callable[[str], str],
+        write_timeout_s: float = 30.0,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
+        """`topic_for(source topic)` names its dead-letter topic."""
         conf = dict(producer_config)
         conf.setdefault("enable.idempotence", True)
         conf["acks"] = "all"
         # Fail within a bounded time when the topic cannot be written, instead of librdkafka's 5 min.
-        conf.setdefault("message.timeout.ms", 30000)
+        conf["message.timeout.ms"] = int(write_timeout_s * 1000)
         # librdkafka's own log lines go through logging, so they come out as structured JSON too.
         self._producer = Producer(conf, logger=logging.getLogger("librdkafka.dlq"))
         self._group = group_id
@@ -123,10 +127,12 @@ class DeadLetterWriter:
         failure: Failure,
         *,
         attempts: int,
+        dlq_for: str | None = None,
         on_done: Callable[[KafkaError | None], None],
     ) -> str:
-        """Queue the dead-letter copy; `on_done(None)` once acknowledged, `on_done(error)` if refused."""
-        topic = self._topic_for(origin.topic)
+        """Queue the dead-letter copy to the DLQ of `dlq_for` (default: the record's own topic);
+        `on_done(None)` once Kafka acknowledged it, `on_done(error)` if it was refused."""
+        topic = self._topic_for(dlq_for or origin.topic)
         headers = dlq_headers(
             origin, failure, group_id=self._group, attempts=attempts, now_ms=self._clock_ms()
         )

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import KafkaError
+
 
 class Stage(enum.StrEnum):
     DECODE = "decode"
@@ -29,8 +31,8 @@ class ErrorClass(enum.StrEnum):
     """The destination (pixel + token) is unusable: park it, never drain its events into the DLQ."""
 
 
-# Reason codes of the decode stage (mapping and validation codes live in consumer.mapping and
-# consumer.validate; delivery codes are below).
+# Reason codes of the decode stage. Mapping and validation codes are declared next to the code that
+# decides them (consumer.mapping, consumer.validate); `reason_codes()` below lists every stage's set.
 NOT_CONFLUENT_WIRE_FORMAT = "not_confluent_wire_format"
 UNKNOWN_SCHEMA_ID = "unknown_schema_id"
 REGISTRY_UNAVAILABLE = "registry_unavailable"
@@ -42,6 +44,46 @@ EMPTY_VALUE = "empty_value"
 GRAPH_REJECTED_EVENT = "graph_rejected_event"
 EVENT_EXPIRED = "event_expired"
 DESTINATION_UNAVAILABLE = "destination_unavailable"
+
+
+DECODE_REASONS = frozenset(
+    {
+        NOT_CONFLUENT_WIRE_FORMAT,
+        UNKNOWN_SCHEMA_ID,
+        REGISTRY_UNAVAILABLE,
+        AVRO_DECODE_ERROR,
+        SCHEMA_RESOLUTION_ERROR,
+        EMPTY_VALUE,
+    }
+)
+DELIVER_REASONS = frozenset({GRAPH_REJECTED_EVENT, EVENT_EXPIRED, DESTINATION_UNAVAILABLE})
+
+
+def reason_codes() -> dict[Stage, frozenset[str]]:
+    """Every reason code a dead-letter record, a log line or a metric label can carry, by stage."""
+    from consumer import mapping, validate
+
+    map_reasons = frozenset(
+        {
+            mapping.MISSING_EVENT_NAME,
+            mapping.MISSING_EVENT_ID,
+            mapping.MISSING_EVENT_TIME,
+            mapping.INVALID_EVENT_TIME,
+        }
+    )
+    return {
+        Stage.DECODE: DECODE_REASONS,
+        Stage.MAP: map_reasons,
+        Stage.VALIDATE: validate.REJECTION_REASONS,
+        Stage.DELIVER: DELIVER_REASONS,
+    }
+
+
+def kafka_error_class(error: KafkaError) -> ErrorClass | None:
+    """Kafka client errors: None = fatal (stop, rule 9); TRANSIENT = librdkafka retries by itself."""
+    if error.fatal():
+        return None
+    return ErrorClass.TRANSIENT
 
 
 @dataclass(frozen=True, slots=True)

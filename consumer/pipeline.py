@@ -3,7 +3,8 @@
 One asyncio loop in one thread owns the Kafka consumer (so rebalance callbacks never race the
 pipeline's state), polls it without blocking, and runs deliveries as tasks. Every consumed record gets a
 `Ticket` and ends settled exactly once: accepted by Meta, dead-lettered (acknowledged by Kafka), or
-filtered on purpose. Backpressure pauses all partitions while too many records are in flight.
+filtered on purpose. Backpressure pauses all partitions while too many records are in flight; a
+destination that is retrying or parked has the partitions of its topics paused while the others flow.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from confluent_kafka import KafkaError, Message
 
 from consumer.batch import Batch, Batcher, Origin, PendingEvent
 from consumer.decode import Decoder
-from consumer.deliver import Accepted, Deliverer, Destination, GraphClient, RetryPolicy
+from consumer.deliver import Accepted, Deliverer, DeliveryHooks, Destination, GraphClient, RetryPolicy
 from consumer.dlq import DeadLetterWriter
 from consumer.errors import ErrorClass, Failure, GraphError, PipelineError, Stage
 from consumer.mapping import Filtered, Mapper, Rejected
@@ -48,10 +49,31 @@ class PipelineStats:
     accepted: Counter[str] = field(default_factory=Counter)
     filtered: Counter[str] = field(default_factory=Counter)
     dead_lettered: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    """Failures settled without a dead-letter copy (replay: events past Meta's window)."""
 
     @property
     def settled(self) -> int:
-        return sum(self.accepted.values()) + sum(self.filtered.values()) + sum(self.dead_lettered.values())
+        return (
+            sum(self.accepted.values())
+            + sum(self.filtered.values())
+            + self.failed
+            + sum(self.skipped.values())
+        )
+
+    @property
+    def failed(self) -> int:
+        return sum(self.dead_lettered.values())
+
+
+@dataclass(frozen=True)
+class DeadLetterGuard:
+    """Stop (rather than dead-letter) when more than `max_ratio` of the records settled in the last
+    `window_s` seconds, at least `min_events` of them, would be dead-lettered."""
+
+    max_ratio: float = 0.5
+    window_s: float = 60.0
+    min_events: int = 100
 
 
 @dataclass
@@ -65,38 +87,57 @@ class PipelineParts:
     batcher: Batcher
     dlq: DeadLetterWriter
     destinations: dict[str, Destination]
+    destination_topics: dict[str, set[str]]
+    """Destination name -> the source topics that feed it (paused together when it is blocked)."""
     client: GraphClient
     metrics: Metrics
     max_in_flight_events: int
     max_in_flight_bytes: int
     drain_deadline_s: float
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    guard: DeadLetterGuard | None = field(default_factory=DeadLetterGuard)
     wall_clock: Callable[[], float] = time.time
+    route: Callable[[Origin], str] | None = None
+    """The configured topic whose schema and mapping apply to a record (replay: its origin topic)."""
+    skip_reasons: frozenset[str] = frozenset()
+    """Failure reasons settled without a dead-letter copy (replay: expired events)."""
+    finished: Callable[[Pipeline], bool] | None = None
+    """Stop on its own once this returns True (replay: the end of the dead-letter topic)."""
+    skip: Callable[[Origin], str | None] | None = None
+    """A reason to settle a record unprocessed, or None (replay: outside --since/--until/--reason)."""
 
 
-class Pipeline:
+class Pipeline(DeliveryHooks):
     def __init__(self, parts: PipelineParts) -> None:
         self.p = parts
         self.stats = PipelineStats()
         self._tasks: set[asyncio.Task[None]] = set()
         self._fatal: BaseException | None = None
         self._deliverer = Deliverer(
-            parts.client,
-            policy=parts.retry_policy,
-            wall_clock=parts.wall_clock,
-            on_retry=self._on_retry,
-            on_response=self._on_response,
+            parts.client, policy=parts.retry_policy, wall_clock=parts.wall_clock, hooks=self
         )
+        self._retrying: Counter[str] = Counter()
+        self._parked: Counter[str] = Counter()
+        self._recent: deque[tuple[float, bool]] = deque()  # (monotonic time, dead-lettered?)
+        self._recent_failed = 0
+        self._overloaded = False
         self.loop_turned_at = 0.0
         """Monotonic time of the last loop turn (/healthz)."""
         self.running = False
 
+    @property
+    def parked(self) -> list[str]:
+        """Destinations whose token, permissions, pixel or API version Meta refuses right now."""
+        return sorted(name for name, n in self._parked.items() if n > 0)
+
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason) for /readyz: the loop runs and partitions are assigned."""
+        """(ready, reason) for /readyz: the loop runs, partitions are assigned, nothing is parked."""
         if not self.running:
             return False, "not running"
         if not self.p.source.assigned:
             return False, "no partitions assigned"
+        if self.parked:
+            return False, "destination parked: " + ", ".join(self.parked)
         return True, "ok"
 
     # -- the loop
@@ -116,32 +157,40 @@ class Pipeline:
                 now = time.monotonic()
                 self.loop_turned_at = now
                 p.metrics.last_loop.set(time.time())
-                records = p.source.consume(MAX_RECORDS_PER_POLL) if not p.source.paused else []
-                if p.source.paused:
-                    # Keep serving the group protocol and callbacks while paused.
-                    p.source.consume(1)
+                # Paused partitions return nothing, but polling keeps the group membership alive.
+                records = p.source.consume(MAX_RECORDS_PER_POLL)
                 for msg in records:
                     self._handle(msg)
                 for batch in p.batcher.due():
                     self._launch(batch)
                 p.dlq.poll()
                 p.source.store_settled()
-                self._apply_backpressure()
+                self._apply_pauses()
                 if now - last_lag >= LAG_INTERVAL_S:
                     last_lag = now
                     self._export_lag()
+                if p.finished is not None and p.finished(self):
+                    break
                 await asyncio.sleep(0 if records else IDLE_SLEEP_S)
         finally:
             self.running = False
             await self._shutdown()
+        if self._fatal is not None:
+            raise FatalPipelineError(str(self._fatal)) from self._fatal
 
     def _handle(self, msg: Message) -> None:
         p = self.p
         origin = Origin.from_message(msg)
-        topic, value = origin.topic, origin.value
-        ticket = p.ledger.track((topic, origin.partition), origin.offset, len(value) if value else 0)
+        value = origin.value
+        ticket = p.ledger.track((origin.topic, origin.partition), origin.offset, len(value) if value else 0)
         self.stats.consumed += 1
-        p.metrics.records_consumed.labels(topic).inc()
+        p.metrics.records_consumed.labels(origin.topic).inc()
+        skip_reason = p.skip(origin) if p.skip is not None else None
+        if skip_reason is not None:
+            self.stats.filtered[skip_reason] += 1
+            self._settle(ticket, failed=False)
+            return
+        topic = p.route(origin) if p.route is not None else origin.topic
         try:
             record = p.decoder.decode(topic, value)
         except PipelineError as exc:
@@ -150,7 +199,7 @@ class Pipeline:
                 # The registry is down: stop rather than dead-letter everything (rule 9).
                 self._fatal = exc
                 return
-            self._dead_letter(origin, exc.failure, ticket, attempts=0)
+            self._fail(origin, exc.failure, ticket, attempts=0)
             return
         self._route(topic, record, origin, ticket)
 
@@ -160,13 +209,14 @@ class Pipeline:
         if isinstance(result, Filtered):
             p.metrics.events_filtered.labels(result.reason).inc()
             self.stats.filtered[result.reason] += 1
-            p.ledger.settle(ticket)
+            self._settle(ticket, failed=False)
             return
         if isinstance(result, Rejected):
             stage = Stage(result.stage)
             p.metrics.events_rejected.labels(str(stage), result.reason).inc()
-            failure = Failure(stage, result.reason, ErrorClass.PERMANENT, result.detail)
-            self._dead_letter(origin, failure, ticket, attempts=0)
+            self._fail(
+                origin, Failure(stage, result.reason, ErrorClass.PERMANENT, result.detail), ticket, attempts=0
+            )
             return
         for omission in result.omitted:
             p.metrics.identifiers_omitted.labels(omission.field, omission.reason).inc()
@@ -185,6 +235,11 @@ class Pipeline:
         for batch in p.batcher.add(result.destination, pending):
             self._launch(batch)
 
+    def _settle(self, ticket: Ticket, *, failed: bool) -> None:
+        self.p.ledger.settle(ticket)
+        self._recent.append((time.monotonic(), failed))
+        self._recent_failed += failed
+
     # -- delivery
     def _launch(self, batch: Batch) -> None:
         task = asyncio.create_task(self._deliver(batch))
@@ -200,9 +255,6 @@ class Pipeline:
         p = self.p
         destination = p.destinations[batch.destination]
         p.metrics.batch_size.observe(len(batch.events))
-        sent_at = p.wall_clock()
-        for event in batch.events:
-            p.metrics.event_age_at_send.observe(max(0.0, sent_at - event.event_time))
         outcomes = await self._deliverer.deliver(destination, batch.events)
         accepted_at = p.wall_clock()
         for event, failure in outcomes:
@@ -215,14 +267,19 @@ class Pipeline:
                         max(0.0, accepted_at - event.record_timestamp_ms / 1000)
                     )
                 self.stats.accepted[event.event_name] += 1
-                p.ledger.settle(event.ticket)
+                self._settle(event.ticket, failed=False)
             else:
-                self._dead_letter(event.origin, failure, event.ticket, attempts=event.attempts)
+                self._fail(event.origin, failure, event.ticket, attempts=event.attempts)
 
-    def _on_retry(self, destination: Destination, error: GraphError, delay: float) -> None:
-        self.p.metrics.retries.labels(destination.pixel_id, str(error.error_class)).inc()
+    # DeliveryHooks
+    def on_send(self, destination: Destination, events: Sequence[PendingEvent]) -> None:
+        m = self.p.metrics
+        now = self.p.wall_clock()
+        for event in events:
+            m.events_sent.labels(destination.pixel_id, event.event_name).inc()
+            m.event_age_at_send.observe(max(0.0, now - event.event_time))
 
-    def _on_response(
+    def on_response(
         self, destination: Destination, events: int, result: Accepted | GraphError, seconds: float
     ) -> None:
         m = self.p.metrics
@@ -231,7 +288,62 @@ class Pipeline:
         if isinstance(result, GraphError) and result.code is not None:
             m.graph_errors.labels(str(result.code), str(result.subcode or "")).inc()
 
-    # -- dead letters
+    def enter_backoff(self, destination: Destination, error: GraphError, delay_s: float) -> None:
+        self.p.metrics.retries.labels(destination.pixel_id, str(error.error_class)).inc()
+        if error.error_class is ErrorClass.DESTINATION:
+            if self._parked[destination.name] == 0:
+                log.error(
+                    "destination parked",
+                    extra={
+                        "destination": destination.name,
+                        "pixel_id": destination.pixel_id,
+                        "graph_code": error.code,
+                        "graph_subcode": error.subcode,
+                    },
+                )
+            self._parked[destination.name] += 1
+        else:
+            self._retrying[destination.name] += 1
+        self._export_parked()
+        self._apply_pauses()
+
+    def leave_backoff(self, destination: Destination, error: GraphError) -> None:
+        counter = self._parked if error.error_class is ErrorClass.DESTINATION else self._retrying
+        counter[destination.name] -= 1
+        self._export_parked()
+        # Resuming waits for the next loop turn; a parked destination resumes only after it answers again.
+
+    def _export_parked(self) -> None:
+        self.p.metrics.destinations_parked.set(len(self.parked))
+
+    # -- failures
+    def _fail(self, origin: Origin, failure: Failure, ticket: Ticket, *, attempts: int) -> None:
+        """A record that cannot be delivered: skip it (replay's expired events) or dead-letter it."""
+        p = self.p
+        if failure.reason in p.skip_reasons:
+            self.stats.skipped[failure.reason] += 1
+            self._settle(ticket, failed=False)
+            return
+        guard = p.guard
+        if guard is not None and self._guard_tripped(guard):
+            if self._fatal is None:
+                self._fatal = FatalPipelineError(
+                    f"dead-letter rate above {guard.max_ratio:.0%} of the last {guard.window_s:.0f}s: "
+                    f"stopping instead of dead-lettering {origin.topic}[{origin.partition}]@{origin.offset} "
+                    f"({failure.stage}/{failure.reason})"
+                )
+            return
+        self._dead_letter(origin, failure, ticket, attempts=attempts)
+
+    def _guard_tripped(self, guard: DeadLetterGuard) -> bool:
+        horizon = time.monotonic() - guard.window_s
+        recent = self._recent
+        while recent and recent[0][0] < horizon:
+            _t, failed = recent.popleft()
+            self._recent_failed -= failed
+        total = len(recent) + 1
+        return total >= guard.min_events and (self._recent_failed + 1) / total > guard.max_ratio
+
     def _dead_letter(self, origin: Origin, failure: Failure, ticket: Ticket, *, attempts: int) -> None:
         p = self.p
 
@@ -239,7 +351,7 @@ class Pipeline:
             if err is None:
                 p.metrics.dead_lettered.labels(topic, str(failure.stage), failure.reason).inc()
                 self.stats.dead_lettered[failure.reason] += 1
-                p.ledger.settle(ticket)
+                self._settle(ticket, failed=True)
                 return
             p.metrics.dead_letter_failures.labels(topic).inc()
             log.error(
@@ -252,10 +364,11 @@ class Pipeline:
                     "offset": origin.offset,
                 },
             )
-            self._fatal = FatalPipelineError(
-                f"dead-letter write to {topic} failed: {err.str()} "
-                f"(record {origin.topic}[{origin.partition}]@{origin.offset} not settled)"
-            )
+            if self._fatal is None:
+                self._fatal = FatalPipelineError(
+                    f"dead-letter write to {topic} failed: {err.str()} "
+                    f"(record {origin.topic}[{origin.partition}]@{origin.offset} not settled)"
+                )
 
         log.info(
             "dead-lettering record",
@@ -267,19 +380,27 @@ class Pipeline:
                 "reason": failure.reason,
             },
         )
-        topic = p.dlq.send(origin, failure, attempts=attempts, on_done=done)
+        routed = p.route(origin) if p.route is not None else origin.topic
+        topic = p.dlq.send(origin, failure, attempts=attempts, dlq_for=routed, on_done=done)
 
     # -- backpressure, lag
-    def _apply_backpressure(self) -> None:
+    def _apply_pauses(self) -> None:
         p = self.p
         events, size = p.ledger.events_in_flight, p.ledger.bytes_in_flight
         p.metrics.in_flight_events.set(events)
         p.metrics.in_flight_bytes.set(size)
-        if not p.source.paused and (events >= p.max_in_flight_events or size >= p.max_in_flight_bytes):
-            p.source.set_paused(True)
-        elif p.source.paused and events < p.max_in_flight_events // 2 and size < p.max_in_flight_bytes // 2:
-            p.source.set_paused(False)
-        p.metrics.partitions_paused.set(len(p.source.assigned) if p.source.paused else 0)
+        source = p.source
+        if events >= p.max_in_flight_events or size >= p.max_in_flight_bytes:
+            overloaded = True
+        elif events < p.max_in_flight_events // 2 and size < p.max_in_flight_bytes // 2:
+            overloaded = False
+        else:
+            overloaded = self._overloaded  # hysteresis: keep the current state between the marks
+        self._overloaded = overloaded
+        blocked = {d for d, n in (self._retrying + self._parked).items() if n > 0}
+        topics = set().union(*(p.destination_topics.get(d, set()) for d in blocked)) if blocked else set()
+        source.apply_pauses(all_topics=overloaded, topics=topics)
+        p.metrics.partitions_paused.set(len(source.paused_partitions))
 
     def _export_lag(self) -> None:
         for (topic, partition), lag in self.p.source.lag().items():

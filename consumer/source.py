@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumer.errors import kafka_error_class
 from consumer.offsets import OffsetLedger
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ class KafkaSource:
         self._consumer = Consumer(dict(conf), logger=logging.getLogger("librdkafka.consumer"))
         self._ledger = ledger
         self._topics = topics
-        self._paused = False
+        self._pause_all = False
+        self._pause_topics: set[str] = set()
+        self.paused_partitions: set[tuple[str, int]] = set()
         self._on_changed = on_partitions_changed
         self.assigned: set[tuple[str, int]] = set()
         self.fatal_error: KafkaError | None = None
@@ -69,9 +72,11 @@ class KafkaSource:
         for tp in partitions:
             self._ledger.assign((tp.topic, tp.partition))
             self.assigned.add((tp.topic, tp.partition))
-        if self._paused and partitions:
-            # Pause state must cover partitions that arrive while we are applying backpressure.
-            consumer.pause(partitions)
+        # Partitions that arrive while we hold back their topic must start paused too.
+        hold = [tp for tp in partitions if self._pause_all or tp.topic in self._pause_topics]
+        if hold:
+            consumer.pause(hold)
+            self.paused_partitions.update((tp.topic, tp.partition) for tp in hold)
         log.info(
             "partitions assigned", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}
         )
@@ -87,6 +92,7 @@ class KafkaSource:
                 offsets.append(TopicPartition(tp.topic, tp.partition, ledger.committable))
             self._ledger.revoke(key)
             self.assigned.discard(key)
+            self.paused_partitions.discard(key)
         if offsets:
             try:
                 consumer.store_offsets(offsets=offsets)
@@ -121,7 +127,7 @@ class KafkaSource:
                 records.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
-            elif err.fatal():
+            elif kafka_error_class(err) is None:
                 self.fatal_error = err
             else:
                 log.warning("kafka consumer error", extra={"error": err.str(), "code": err.code()})
@@ -141,20 +147,28 @@ class KafkaSource:
                 raise
         return len(offsets)
 
-    def set_paused(self, paused: bool) -> None:
-        if paused == self._paused:
-            return
-        partitions = [TopicPartition(t, p) for t, p in self.assigned]
-        if partitions:
-            if paused:
-                self._consumer.pause(partitions)
-            else:
-                self._consumer.resume(partitions)
-        self._paused = paused
+    def apply_pauses(self, *, all_topics: bool, topics: set[str]) -> None:
+        """Pause every assigned partition (backpressure) or those of `topics` (a destination that is
+        retrying or parked); resume the rest. Polling continues either way."""
+        desired = {tp for tp in self.assigned if all_topics or tp[0] in topics}
+        to_pause = desired - self.paused_partitions
+        to_resume = self.paused_partitions - desired
+        if to_pause:
+            self._consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+        if to_resume:
+            self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
+        self.paused_partitions = desired
+        self._pause_all = all_topics
+        self._pause_topics = set(topics)
 
     @property
-    def paused(self) -> bool:
-        return self._paused
+    def all_paused(self) -> bool:
+        return bool(self.assigned) and self.paused_partitions >= self.assigned
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Next offset the application will read, per assigned partition (local state)."""
+        parts = [TopicPartition(t, p) for t, p in self.assigned]
+        return {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(parts)} if parts else {}
 
     def commit_final(self) -> list[TopicPartition]:
         """Synchronously commit every assigned partition's settled watermark (shutdown)."""

@@ -73,7 +73,9 @@ class FaultSpec(_Model):
     is_transient: bool | None = None
     error_type: str | None = None
     # throttle: minutes until the quota is back, carried in X-Business-Use-Case-Usage
-    estimated_time_to_regain_access: int = Field(default=1, ge=0)
+    estimated_time_to_regain_access: float = Field(
+        default=1, ge=0, description="minutes; Meta sends whole minutes, a fraction is a test knob"
+    )
     # latency: fixed latency_ms, or uniform in [latency_ms, latency_ms_max]
     latency_ms: float = Field(default=0, ge=0)
     latency_ms_max: float | None = Field(default=None, ge=0)

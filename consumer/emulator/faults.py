@@ -177,8 +177,9 @@ def fault_error(spec: FaultSpec, pixel_id: str | None) -> ApiError:
     raise ValueError(f"fault kind {spec.kind!r} does not answer with a Graph error")
 
 
-def usage_headers(business_id: str, regain_minutes: int) -> dict[str, str]:
-    """Rate-limit headers of a throttled call: the quota is exhausted (100 %) for `regain_minutes`."""
+def usage_headers(business_id: str, regain_minutes: float) -> dict[str, str]:
+    """Rate-limit headers of a throttled call: the quota is exhausted (100 %) for `regain_minutes`.
+    Meta sends whole minutes; a fraction is a test knob for short waits."""
     buc = {
         business_id: [
             {
@@ -186,7 +187,9 @@ def usage_headers(business_id: str, regain_minutes: int) -> dict[str, str]:
                 "call_count": 100,
                 "total_cputime": 100,
                 "total_time": 100,
-                "estimated_time_to_regain_access": regain_minutes,
+                "estimated_time_to_regain_access": int(regain_minutes)
+                if float(regain_minutes).is_integer()
+                else regain_minutes,
             }
         ]
     }

@@ -38,3 +38,15 @@ def test_throttle_wait_comes_from_usage_header_minutes() -> None:
     assert err.retry_after_s == 120.0
     assert retry_after_seconds({"Retry-After": "7"}) == 7.0
     assert retry_after_seconds({"X-Business-Use-Case-Usage": "not json"}) is None
+
+
+def test_every_stage_reason_is_in_the_taxonomy() -> None:
+    from consumer import mapping, validate
+    from consumer.errors import Stage, reason_codes
+
+    codes = reason_codes()
+    assert set(codes) == set(Stage)
+    assert codes[Stage.VALIDATE] >= validate.REJECTION_REASONS
+    assert mapping.MISSING_EVENT_ID in codes[Stage.MAP]
+    all_codes = [c for stage in codes.values() for c in stage]
+    assert all(c == c.lower() and " " not in c for c in all_codes)
