@@ -1,0 +1,686 @@
+"""`make bench`: capi-consumer against the decode ceiling and the official SDK, side by side in one run.
+
+On the real dev stack (Kafka KRaft broker + Apicurio Registry) and the CAPI emulator (its own
+process, `bench.emulator_probe`):
+
+1. produce N canonical `placed` order events (three line items, varied PII) in Confluent wire format
+   to a topic with 8 partitions (the backlog);
+2. for each scenario start the worker process(es) with a fresh consumer group and measure draining
+   the backlog: events/s from the first record consumed to the moment the group's committed offsets
+   cover all N records, each worker's peak RSS (VmHWM) and CPU seconds (/proc), and the CPU the
+   broker, the emulator and everything else on the machine used in the same window;
+3. then, with the worker caught up, produce M more records at a steady R events/s to a second topic
+   it also consumes and measure end-to-end latency per event (record timestamp -> accepted by the
+   emulator); a drained backlog says nothing about latency, a paced stream does;
+4. full runs only: drain a 1,000,000-record backlog with capi-consumer and sample its RSS over time.
+
+Scenarios: (a) decode ceiling, (b) SDK baseline, (c) capi-consumer, (d) capi-consumer with 150 ms
+added per request, (e) two capi-consumer processes in one group. Prints a markdown table and the
+target ratios; writes JSON to bench/results/ (`--reference` also writes bench/results/reference.json).
+
+    make bench QUICK=1          # 30,000 events, no 1M backlog check (a few minutes)
+    make bench                  # 200,000 events and the 1M backlog check
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+from bench import procstat
+from bench.workload import (
+    ORDER_SCHEMA_PATH,
+    PIXEL,
+    REPO,
+    TOKEN,
+    avro_bytes,
+    order_schema,
+    orders,
+    wire_format,
+)
+from consumer.devstack import DevStack, StackOptions
+from consumer.devstack.processes import ManagedProcess, free_port
+
+PARTITIONS = 8
+RESULTS = REPO / "bench" / "results"
+COMMIT_POLL_S = 0.05
+FIRST_POLL_S = 0.01
+LIVE_RATE = 1000  # events/s of the latency phase
+AUTO_COMMIT_MS = 100
+
+TARGETS = [
+    # (name, numerator, denominator, minimum ratio)
+    ("(c) >= 0.6 x (a)", "c", "a", 0.6),
+    ("(c) >= 3 x (b)", "c", "b", 3.0),
+    ("(d) >= 0.8 x (c)", "d", "c", 0.8),
+    ("(e) >= 1.4 x (c)", "e", "c", 1.4),
+]
+RSS_LIMIT_MB = 250.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    kind: str  # ceiling | sdk | capi
+    processes: int = 1
+    added_latency_ms: int = 0
+
+
+SCENARIOS = [
+    Scenario("a", "decode ceiling (confluent-kafka + fastavro, discard)", "ceiling"),
+    Scenario("b", "SDK baseline (facebook-business, 1,000/request, sync commit)", "sdk"),
+    Scenario("c", "capi-consumer", "capi"),
+    Scenario("d", "capi-consumer, +150 ms per request", "capi", added_latency_ms=150),
+    Scenario("e", "capi-consumer, 2 processes in one group", "capi", processes=2),
+]
+
+
+@dataclass
+class Result:
+    key: str
+    title: str
+    events: int
+    seconds: float = 0.0
+    events_per_s: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    latency_events: int = 0
+    latency_missing: int = 0
+    peak_rss_mb: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
+    broker_cpu_s: float = 0.0
+    emulator_cpu_s: float = 0.0
+    other_cpu_s: float = 0.0
+    machine_busy_cores: float = 0.0
+    emulator_events: int = 0
+    exit_codes: list[int | None] = field(default_factory=list)
+    rss_timeline_mb: list[list[float]] = field(default_factory=list)
+    error: str | None = None
+
+
+# --- small HTTP helpers -------------------------------------------------------------------------------
+
+
+def _http(url: str, method: str = "GET", body: Any = None, timeout: float = 10) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode()
+
+
+def _assigned_at(log_path: Path) -> float | None:
+    """When capi-consumer logged its first partition assignment (epoch seconds), from its JSON log.
+
+    capi-consumer does not announce its first record, and its /metrics endpoint shares the event
+    loop that is busy with records, so scraping it lags by several batches. The assignment comes
+    just before the first fetch, so the measured window is, if anything, slightly too long.
+    """
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if '"partitions assigned"' in line:
+            with contextlib.suppress(ValueError, KeyError):
+                entry = json.loads(line)
+                if not entry.get("partitions"):
+                    continue  # an empty incremental assignment
+                stamp = entry["ts"]
+                return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
+    return None
+
+
+# --- Kafka helpers ------------------------------------------------------------------------------------
+
+
+class Committed:
+    """Reads a group's committed offsets (a consumer that never joins the group)."""
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        self._c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+
+    def total(self, topic: str) -> int:
+        tps = self._c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in tps)
+
+    def close(self) -> None:
+        self._c.close()
+
+
+def create_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=PARTITIONS, replication_factor=1) for n in names]
+    )
+    for future in futures.values():
+        future.result(60)
+
+
+def produce_backlog(bootstrap: str, topic: str, schema_id: int, n: int, start: int) -> float:
+    """Produce `n` orders as fast as possible; returns seconds taken."""
+    schema = order_schema()
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 200_000,
+        }
+    )
+    started = time.monotonic()
+    now_ms = int(time.time() * 1000)
+    for i, record in enumerate(orders(n, now_ms=now_ms, start=start)):
+        value = wire_format(schema_id, avro_bytes(schema, record))
+        while True:
+            try:
+                producer.produce(topic, key=record["order_id"].encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 5000 == 0:
+            producer.poll(0)
+    if producer.flush(120) != 0:
+        raise RuntimeError("backlog not fully produced")
+    return time.monotonic() - started
+
+
+def produce_paced(bootstrap: str, topic: str, values: list[tuple[str, bytes]], rate: float) -> dict[str, int]:
+    """Produce at `rate` records/s with CreateTime = now; returns order_id -> timestamp (ms)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    stamps: dict[str, int] = {}
+    started = time.monotonic()
+    for i, (order_id, value) in enumerate(values):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0.002:
+            time.sleep(delay)
+        ts = int(time.time() * 1000)
+        producer.produce(topic, key=order_id.encode(), value=value, timestamp=ts)
+        stamps[order_id] = ts
+        producer.poll(0)
+    if producer.flush(60) != 0:
+        raise RuntimeError("paced records not fully produced")
+    return stamps
+
+
+# --- workers ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    bootstrap: str
+    registry: str
+    capi: str
+    broker_pid: int
+    emulator_pid: int
+    workdir: Path
+
+
+def _capi_config(stack: Stack, group: str, topics: list[str], metrics_port: int) -> Path:
+    config = {
+        "kafka": {
+            "bootstrap_servers": stack.bootstrap,
+            "group_id": group,
+            # Production keeps librdkafka's 5 s; the benchmark commits often so that "last offset
+            # committed" marks the end of the work, not the next tick of the commit timer.
+            "consumer_properties": {"auto.commit.interval.ms": AUTO_COMMIT_MS},
+        },
+        "schema_registry": {"url": stack.registry},
+        "topics": {
+            t: {"kind": "order", "reader_schema": str(ORDER_SCHEMA_PATH), "destination": "main"}
+            for t in topics
+        },
+        "destinations": {"main": {"pixel_id": PIXEL, "access_token_env": "CAPI_ACCESS_TOKEN"}},
+        "capi": {"base_url": stack.capi},
+        "normalization": {"default_phone_region": "US"},
+        "metrics": {"host": "127.0.0.1", "port": metrics_port},
+        "shutdown": {"drain_deadline_s": 10},
+    }
+    path = stack.workdir / f"{group}-{metrics_port}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class Workers:
+    """The process(es) of one scenario and how to tell when the first record was consumed."""
+
+    def __init__(self, scenario: Scenario, stack: Stack, group: str, topics: list[str]) -> None:
+        self.scenario = scenario
+        self.procs: list[ManagedProcess] = []
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "CAPI_ACCESS_TOKEN": TOKEN}
+        logs = stack.workdir / "logs"
+        for n in range(scenario.processes):
+            log = logs / f"{group}-{n}.log"
+            if scenario.kind == "capi":
+                port = free_port()
+                config = _capi_config(stack, group, topics, port)
+                argv = [sys.executable, "-m", "consumer", "run", "--config", str(config)]
+                self.procs.append(ManagedProcess(f"capi-{n}", argv, log, env=env, cwd=REPO))
+            else:
+                module = "bench.decode_ceiling" if scenario.kind == "ceiling" else "bench.sdk_baseline"
+                argv = [sys.executable, "-m", module, "--bootstrap", stack.bootstrap]
+                argv += ["--registry", stack.registry, "--group", group, "--topics", ",".join(topics)]
+                if scenario.kind == "sdk":
+                    argv += ["--base-url", stack.capi]
+                self.procs.append(ManagedProcess(module, argv, log, env=env, cwd=REPO, stdout_pipe=True))
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def wait_first_consumed(self, timeout_s: float) -> float:
+        """Wall-clock time of the first consumed record (any process)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if not proc.alive():
+                    raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+            if self.scenario.kind == "capi":
+                assigned = [t for t in (_assigned_at(p.log_path) for p in self.procs) if t is not None]
+                if assigned:
+                    return min(assigned)
+                time.sleep(FIRST_POLL_S)
+            else:
+                line = self.procs[0].read_line(0.2)
+                if line:
+                    payload = json.loads(line)
+                    if "error" in payload:
+                        raise RuntimeError(payload["error"])
+                    return float(payload["first_consumed"])
+        raise RuntimeError(f"no record consumed within {timeout_s:.0f}s")
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+
+    def stop(self) -> list[int | None]:
+        codes: list[int | None] = []
+        for proc in self.procs:
+            proc.stop(timeout_s=30)
+            codes.append(proc.proc.returncode)
+        return codes
+
+
+@contextlib.contextmanager
+def _fault(stack: Stack, latency_ms: int) -> Iterator[None]:
+    if latency_ms:
+        _http(f"{stack.capi}/_emulator/faults", "POST", {"kind": "latency", "latency_ms": latency_ms})
+    try:
+        yield
+    finally:
+        if latency_ms:
+            _http(f"{stack.capi}/_emulator/faults", "DELETE")
+
+
+def _emulator_events(stack: Stack) -> int:
+    return int(_http(f"{stack.capi}/_emulator/stats")["events_received"])
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def run_scenario(
+    scenario: Scenario,
+    stack: Stack,
+    backlog_topic: str,
+    n: int,
+    live: list[tuple[str, bytes]],
+    run_id: str,
+    timeout_s: float,
+) -> Result:
+    result = Result(scenario.key, scenario.title, n)
+    group = f"bench-{scenario.key}-{run_id}"
+    live_topic = f"bench-live-{scenario.key}-{run_id}"
+    topics = [backlog_topic] if scenario.kind == "ceiling" else [backlog_topic, live_topic]
+    committed = Committed(stack.bootstrap, group)
+    emulator_before = _emulator_events(stack)
+    workers: Workers | None = None
+    sampler: procstat.RssSampler | None = None
+    try:
+        with _fault(stack, scenario.added_latency_ms):
+            workers = Workers(scenario, stack, group, topics)
+            sampler = procstat.RssSampler(workers.pids, interval_s=0.5).start()
+            first = workers.wait_first_consumed(60)
+            ours = [*workers.pids, stack.broker_pid, stack.emulator_pid]
+            cpu0 = [procstat.cpu_seconds(p) for p in ours]
+            busy0 = procstat.system_busy_seconds()
+            own0 = procstat.cpu_seconds(os.getpid())
+            deadline = time.monotonic() + timeout_s
+            done = 0
+            while True:
+                done = committed.total(backlog_topic)
+                if done >= n:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"timed out: {done}/{n} committed after {timeout_s:.0f}s")
+                workers.check_alive()
+                time.sleep(COMMIT_POLL_S)
+            end = time.time()
+            cpu1 = [procstat.cpu_seconds(p) for p in ours]
+            busy1 = procstat.system_busy_seconds()
+            own1 = procstat.cpu_seconds(os.getpid())
+            used = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
+            k = len(workers.pids)
+            result.seconds = end - first
+            result.events_per_s = n / result.seconds
+            result.cpu_s = [round(u, 2) for u in used[:k]]
+            result.broker_cpu_s = round(used[k], 2)
+            result.emulator_cpu_s = round(used[k + 1], 2)
+            result.other_cpu_s = round(max(0.0, (busy1 - busy0) - sum(used) - (own1 - own0)), 2)
+            result.machine_busy_cores = round((busy1 - busy0) / result.seconds, 2)
+            if scenario.kind != "ceiling":
+                _latency_phase(result, stack, committed, live_topic, live, workers)
+            result.peak_rss_mb = [
+                round(procstat.memory_kb(p).get("VmHWM", 0) / 1024, 1) for p in workers.pids
+            ]
+    except Exception as exc:
+        result.error = str(exc)[-2000:]
+    finally:
+        if sampler is not None:
+            sampler.stop()
+            result.rss_timeline_mb = [
+                [round(rss / 1024, 1) for _, rss in samples] for samples in sampler.samples.values()
+            ]
+        if workers is not None:
+            result.exit_codes = workers.stop()
+        committed.close()
+    with contextlib.suppress(Exception):
+        result.emulator_events = _emulator_events(stack) - emulator_before
+    return result
+
+
+def _latency_phase(
+    result: Result,
+    stack: Stack,
+    committed: Committed,
+    topic: str,
+    live: list[tuple[str, bytes]],
+    workers: Workers,
+) -> None:
+    _http(f"{stack.capi}/_bench/probe", "POST", {"on": True})
+    try:
+        stamps = produce_paced(stack.bootstrap, topic, live, LIVE_RATE)
+        deadline = time.monotonic() + 60
+        while committed.total(topic) < len(live):
+            if time.monotonic() > deadline:
+                raise RuntimeError("latency phase: records not committed within 60 s")
+            workers.check_alive()
+            time.sleep(COMMIT_POLL_S)
+        receipts = _http(f"{stack.capi}/_bench/receipts", timeout=30)["receipts"]
+    finally:
+        _http(f"{stack.capi}/_bench/probe", "POST", {"on": False})
+    latencies = sorted((at * 1000 - stamps[event_id]) for event_id, at in receipts if event_id in stamps)
+    result.latency_events = len(latencies)
+    result.latency_missing = len(stamps) - len({e for e, _ in receipts if e in stamps})
+    if latencies:
+        result.p50_ms = round(_percentile(latencies, 0.50), 1)
+        result.p99_ms = round(_percentile(latencies, 0.99), 1)
+
+
+def backlog_check(stack: Stack, topic: str, n: int, run_id: str) -> dict[str, Any]:
+    """Drain an `n`-record backlog with one capi-consumer and sample its RSS every second."""
+    result = run_scenario(
+        Scenario("backlog", f"capi-consumer, {n:,}-record backlog", "capi"), stack, topic, n, [], run_id, 1800
+    )
+    timeline = result.rss_timeline_mb[0] if result.rss_timeline_mb else []
+    out: dict[str, Any] = {
+        "events": n,
+        "events_per_s": round(result.events_per_s),
+        "seconds": round(result.seconds, 1),
+        "peak_rss_mb": result.peak_rss_mb[0] if result.peak_rss_mb else None,
+        "error": result.error,
+    }
+    if len(timeline) >= 8:
+        quarter = len(timeline) // 4
+        early = max(timeline[quarter : 2 * quarter])
+        late = max(timeline[-quarter:])
+        out.update(
+            {
+                "rss_samples": len(timeline),
+                "rss_2nd_quarter_max_mb": early,
+                "rss_last_quarter_max_mb": late,
+                "rss_growth_pct": round(100 * (late - early) / early, 1),
+                "flat": late <= early * 1.10,
+                "rss_timeline_mb": timeline[:: max(1, len(timeline) // 60)],
+            }
+        )
+    return out
+
+
+# --- report -------------------------------------------------------------------------------------------
+
+
+def ratios(results: dict[str, Result]) -> list[dict[str, Any]]:
+    rows = []
+    for name, num, den, minimum in TARGETS:
+        a, b = results.get(num), results.get(den)
+        value = a.events_per_s / b.events_per_s if a and b and b.events_per_s and a.events_per_s else None
+        rows.append(
+            {
+                "target": name,
+                "ratio": round(value, 2) if value else None,
+                "pass": bool(value and value >= minimum),
+            }
+        )
+    c = results.get("c")
+    rss = max(c.peak_rss_mb) if c and c.peak_rss_mb else None
+    rows.append(
+        {
+            "target": f"peak RSS of (c) <= {RSS_LIMIT_MB:.0f} MB",
+            "ratio": rss,
+            "pass": bool(rss and rss <= RSS_LIMIT_MB),
+        }
+    )
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def markdown(
+    results: dict[str, Result], ratio_rows: list[dict[str, Any]], backlog: dict[str, Any] | None
+) -> str:
+    lines = [
+        "| scenario | events/s | p50 ms | p99 ms | peak RSS MB | worker CPU s | worker cores "
+        "| broker CPU s | emulator CPU s | other CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results.values():
+        if r.error:
+            lines.append(f"| ({r.key}) {r.title} | FAILED: {r.error.splitlines()[0][:80]} |||||||||")
+            continue
+        cores = sum(r.cpu_s) / r.seconds if r.seconds else 0.0
+        lines.append(
+            f"| ({r.key}) {r.title} | {_fmt(r.events_per_s)} | {_fmt(r.p50_ms)} | {_fmt(r.p99_ms)} | "
+            f"{' + '.join(_fmt(m, 0) for m in r.peak_rss_mb)} | {' + '.join(_fmt(c, 1) for c in r.cpu_s)} | "
+            f"{cores:.2f} | {_fmt(r.broker_cpu_s, 1)} | {_fmt(r.emulator_cpu_s, 1)} | "
+            f"{_fmt(r.other_cpu_s, 1)} |"
+        )
+    lines += ["", "| target | measured | met |", "|---|---:|---|"]
+    for row in ratio_rows:
+        lines.append(f"| {row['target']} | {_fmt(row['ratio'], 2)} | {'yes' if row['pass'] else 'NO'} |")
+    if backlog is None:
+        lines.append("| RSS flat over a 1,000,000-record backlog | skipped (QUICK) | - |")
+    elif "flat" in backlog:
+        lines.append(
+            f"| RSS flat over a {backlog['events']:,}-record backlog | "
+            f"{backlog['rss_2nd_quarter_max_mb']} -> {backlog['rss_last_quarter_max_mb']} MB "
+            f"(peak {backlog['peak_rss_mb']} MB) | {'yes' if backlog['flat'] else 'NO'} |"
+        )
+    else:
+        lines.append(f"| RSS flat over a backlog | {backlog.get('error') or 'too few samples'} | NO |")
+    return "\n".join(lines)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+        return out.stdout.strip()
+    except OSError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="make bench", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--quick", action="store_true", help="30,000 events, no 1M backlog check")
+    parser.add_argument(
+        "--events", type=int, default=None, help="backlog size (default 200,000; quick 30,000)"
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=None, help="RSS check backlog (default 1,000,000; quick: skipped)"
+    )
+    parser.add_argument("--scenarios", default="abcde", help="subset to run, e.g. 'ac'")
+    parser.add_argument("--reference", action="store_true", help="also write bench/results/reference.json")
+    args = parser.parse_args(argv)
+    n = args.events or (30_000 if args.quick else 200_000)
+    backlog_n = args.backlog if args.backlog is not None else (0 if args.quick else 1_000_000)
+    live_n = 2_000 if args.quick else 10_000
+    run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    print(f"bench: {n:,} events, scenarios {args.scenarios}, run {run_id}", flush=True)
+
+    with (
+        tempfile.TemporaryDirectory(prefix="capi-bench-") as tmp,
+        DevStack(StackOptions(with_emulator=False, benchmark_jvm=True, kafka_heap="1g")) as devstack,
+    ):
+        ep = devstack.endpoints
+        assert ep is not None and ep.schema_registry_url is not None
+        workdir = Path(tmp)
+        emulator = ManagedProcess(
+            "bench-emulator",
+            [sys.executable, "-m", "bench.emulator_probe", "--port", "0"],
+            workdir / "emulator.log",
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=REPO,
+            stdout_pipe=True,
+        )
+        try:
+            capi = json.loads(emulator.read_line(30))["capi_base_url"]
+            broker_pid = next(p.pid for p in devstack.processes if p.name == "kafka")
+            stack = Stack(
+                ep.bootstrap_servers, ep.schema_registry_url, capi, broker_pid, emulator.pid, workdir
+            )
+            print(f"dev stack up in {time.monotonic() - started:.0f}s", flush=True)
+            backlog_topic = f"bench-orders-{run_id}"
+            big_topic = f"bench-backlog-{run_id}"
+            topics = [backlog_topic] + [f"bench-live-{s.key}-{run_id}" for s in SCENARIOS]
+            create_topics(stack.bootstrap, topics + ([big_topic] if backlog_n else []))
+            registry = SchemaRegistryClient({"url": stack.registry})
+            schema_id = registry.register_schema(
+                f"{backlog_topic}-value", Schema(ORDER_SCHEMA_PATH.read_text(), "AVRO")
+            )
+            took = produce_backlog(stack.bootstrap, backlog_topic, schema_id, n, 0)
+            print(
+                f"produced {n:,} records to {backlog_topic} ({PARTITIONS} partitions) in {took:.0f}s",
+                flush=True,
+            )
+
+            schema = order_schema()
+            results: dict[str, Result] = {}
+            for index, scenario in enumerate(s for s in SCENARIOS if s.key in args.scenarios):
+                now_ms = int(time.time() * 1000)
+                start = 10_000_000 * (index + 1)
+                live = [
+                    (r["order_id"], wire_format(schema_id, avro_bytes(schema, r)))
+                    for r in orders(live_n, now_ms=now_ms, start=start)
+                ]
+                print(f"({scenario.key}) {scenario.title} ...", flush=True)
+                timeout = max(300.0, n / 500)
+                result = run_scenario(scenario, stack, backlog_topic, n, live, run_id, timeout)
+                results[scenario.key] = result
+                if result.error:
+                    print(f"    FAILED: {result.error}", flush=True)
+                else:
+                    print(
+                        f"    {result.events_per_s:,.0f} events/s over {result.seconds:.1f}s, "
+                        f"p50 {_fmt(result.p50_ms)} ms, p99 {_fmt(result.p99_ms)} ms, "
+                        f"peak RSS {result.peak_rss_mb} MB, CPU {result.cpu_s} s",
+                        flush=True,
+                    )
+                time.sleep(2)
+
+            backlog: dict[str, Any] | None = None
+            if backlog_n:
+                took = produce_backlog(stack.bootstrap, big_topic, schema_id, backlog_n, 50_000_000)
+                print(
+                    f"produced {backlog_n:,} records to {big_topic} in {took:.0f}s; draining ...", flush=True
+                )
+                backlog = backlog_check(stack, big_topic, backlog_n, run_id)
+                print(
+                    f"    {json.dumps({k: v for k, v in backlog.items() if k != 'rss_timeline_mb'})}",
+                    flush=True,
+                )
+            else:
+                print("note: QUICK run, the 1,000,000-record backlog RSS check is skipped (full run only)")
+        finally:
+            emulator.stop()
+
+    ratio_rows = ratios(results)
+    table = markdown(results, ratio_rows, backlog)
+    mode = "quick" if args.quick else "full"
+    machine = procstat.machine()
+    wall_s = round(time.monotonic() - started, 1)
+    report: dict[str, Any] = {
+        "run": {
+            "id": run_id,
+            "mode": mode,
+            "events": n,
+            "latency_events": live_n,
+            "latency_rate_per_s": LIVE_RATE,
+            "partitions": PARTITIONS,
+            "git_commit": _git_commit(),
+            "machine": machine,
+            "load_avg_before": [round(v, 2) for v in load_before],
+            "load_avg_after": [round(v, 2) for v in os.getloadavg()],
+            "wall_s": wall_s,
+        },
+        "scenarios": {k: asdict(v) for k, v in results.items()},
+        "targets": ratio_rows,
+        "backlog": backlog,
+        "table": table,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{run_id}-{mode}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    if args.reference:
+        (RESULTS / "reference.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{table}\n")
+    print(
+        f"machine: {machine['cpus']} x {machine['cpu_model']}, {machine['memory_gb']} GB; load average "
+        f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; {wall_s} s"
+    )
+    print(f"results: {path.relative_to(REPO)}")
+    return 0 if all(not r.error for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Pieces the benchmark's own worker processes share (decode ceiling, SDK baseline)."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+import fastavro
+from confluent_kafka import Message
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+
+class WireDecoder:
+    """Confluent wire format -> dict with fastavro, writer schemas fetched once per schema ID."""
+
+    def __init__(self, registry_url: str) -> None:
+        self._registry = SchemaRegistryClient({"url": registry_url})
+        self._schemas: dict[int, Any] = {}
+
+    def decode(self, value: bytes) -> Any:
+        schema_id = int.from_bytes(value[1:5], "big")
+        schema = self._schemas.get(schema_id)
+        if schema is None:
+            text = str(self._registry.get_schema(schema_id).schema_str)
+            schema = self._schemas[schema_id] = fastavro.parse_schema(json.loads(text))
+        buf = io.BytesIO(value)
+        buf.seek(5)
+        return fastavro.schemaless_reader(buf, schema, None)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; workers finish their current step and exit."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, *_: object) -> None:
+        self.stopped = True
+
+
+def announce_first(msg: Message) -> None:
+    """One JSON line on stdout when the first record arrives: the harness's start of the clock."""
+    print(json.dumps({"first_consumed": time.time(), "partition": msg.partition()}), flush=True)
+
+
+def fail(message: str) -> None:
+    print(json.dumps({"error": message}), flush=True)
+    sys.exit(1)
