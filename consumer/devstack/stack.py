@@ -225,6 +225,11 @@ class DevStack:
             "-Dquarkus.http.host=127.0.0.1",
             f"-Dquarkus.http.port={port}",
             "-Dquarkus.log.level=WARN",
+            # Quarkus' management interface (enabled at build time) would bind a fixed 0.0.0.0:9000: two
+            # registries on one machine (tests beside a benchmark) would collide, and nothing should
+            # listen beyond loopback.
+            "-Dquarkus.management.host=127.0.0.1",
+            f"-Dquarkus.management.port={free_port()}",
         ]
         if self.options.state_dir is not None:
             # Keep schemas next to the broker data: records on disk reference schema IDs.

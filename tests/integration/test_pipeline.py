@@ -152,18 +152,25 @@ def test_sigkill_mid_stream_loses_nothing(
     _assert_delivered(emulator, expected)
 
 
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
 def test_two_consumers_share_partitions_and_miss_nothing(
-    tmp_path: Path, devstack: Endpoints, emulator: RunningEmulator, make_topic: Callable[..., str]
+    tmp_path: Path,
+    devstack: Endpoints,
+    emulator: RunningEmulator,
+    make_topic: Callable[..., str],
+    protocol: str,
 ) -> None:
+    """Both group protocols: classic with cooperative-sticky (default) and KIP-848."""
     # A small in-flight cap keeps the first member from swallowing every record before the second
     # joins (a cooperative rebalance takes two rounds).
     slow = {
         "batching": {"max_events": 50},
         "capi": {"max_requests_in_flight": 2},
         "limits": {"max_in_flight_events": 100},
+        "kafka": {"group_protocol": protocol},
     }
     config, _topics, _samples, expected = _start(
-        tmp_path, devstack, emulator, make_topic, 4000, group="g-two", extra=slow
+        tmp_path, devstack, emulator, make_topic, 4000, group=f"g-two-{protocol}", extra=slow
     )
     add_fault(emulator.base_url, {"kind": "latency", "latency_ms": 300})
     a = ConsumerProcess(config, tmp_path / "a.log")
