@@ -20,7 +20,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, get_args
+from typing import Annotated, Any, Literal, Self
 
 import fastavro
 import pycountry
@@ -38,6 +38,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from consumer.normalize import HASHED_FIELDS, UNHASHED_FIELDS
+from consumer.validate import ACTION_SOURCES
 
 __all__ = [
     "ACTION_SOURCES",
@@ -75,43 +78,24 @@ ENV_PREFIX = "CAPI__"
 
 LibrdkafkaValue = str | int | float | bool
 
-ActionSource = Literal[
-    "email",
-    "website",
-    "app",
-    "phone_call",
-    "chat",
-    "physical_store",
-    "system_generated",
-    "business_messaging",
-    "other",
-]
-ACTION_SOURCES: tuple[str, ...] = get_args(ActionSource)
 
-UserDataKey = Literal[
-    "em",
-    "ph",
-    "fn",
-    "ln",
-    "ge",
-    "db",
-    "ct",
-    "st",
-    "zp",
-    "country",
-    "external_id",
-    "client_ip_address",
-    "client_user_agent",
-    "fbc",
-    "fbp",
-    "subscription_id",
-    "lead_id",
-    "fb_login_id",
-    "anon_id",
-    "madid",
-    "page_id",
-]
-USER_DATA_KEYS: tuple[str, ...] = get_args(UserDataKey)
+def _check_action_source(value: str) -> str:
+    if value not in ACTION_SOURCES:
+        raise ValueError(f"must be one of {', '.join(sorted(ACTION_SOURCES))}")
+    return value
+
+
+def _check_user_data_key(value: str) -> str:
+    if value not in USER_DATA_KEYS:
+        raise ValueError(f"unknown user_data key {value!r}; known: {', '.join(USER_DATA_KEYS)}")
+    return value
+
+
+# Meta's vocabulary has one home each: action sources in consumer.validate, user_data keys in
+# consumer.normalize; the configuration only checks against them.
+ActionSource = Annotated[str, AfterValidator(_check_action_source)]
+USER_DATA_KEYS: tuple[str, ...] = HASHED_FIELDS + UNHASHED_FIELDS
+UserDataKey = Annotated[str, AfterValidator(_check_user_data_key)]
 
 TopicKind = Literal["order", "subscription", "custom"]
 
