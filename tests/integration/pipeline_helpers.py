@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -172,3 +173,63 @@ def add_fault(base_url: str, spec: dict[str, Any]) -> Any:
 
 def clear_faults(base_url: str) -> Any:
     return _admin(base_url, "DELETE", "/_emulator/faults")
+
+
+# -- the consumer's operator endpoint (/metrics, /healthz, /readyz)
+MetricSamples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metrics_port(consumer: ConsumerProcess, timeout_s: float = 60) -> int:
+    """The port the consumer's metrics endpoint bound (configs use port 0), read from its JSON log."""
+    found: list[int] = []
+
+    def listening() -> bool:
+        for line in consumer.log().splitlines():
+            if '"metrics endpoint listening"' in line:
+                found.append(int(json.loads(line)["port"]))
+                return True
+        if consumer.proc.poll() is not None:
+            raise AssertionError(f"consumer exited with {consumer.proc.returncode}: {consumer.log()[-3000:]}")
+        return False
+
+    wait_for(listening, timeout_s, "the metrics endpoint", interval_s=0.2)
+    return found[0]
+
+
+def http_get(url: str, timeout_s: float = 10) -> tuple[int, bytes]:
+    """(status, body), also for 4xx/5xx answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> MetricSamples:
+    """Every sample of GET /metrics: (sample name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = http_get(f"http://{host}:{port}/metrics")
+    assert status == 200, body[:500]
+    samples: MetricSamples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def metric_sum(samples: MetricSamples, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(value for (n, lbls), value in samples.items() if n == name and want <= lbls)
+
+
+def metric_by(samples: MetricSamples, name: str, label: str, **labels: str) -> dict[str, float]:
+    """`name` summed per value of `label` (among samples whose labels include `labels`)."""
+    want = set(labels.items())
+    result: dict[str, float] = {}
+    for (n, lbls), value in samples.items():
+        if n == name and want <= lbls:
+            key = dict(lbls).get(label, "")
+            result[key] = result.get(key, 0.0) + value
+    return result
