@@ -122,7 +122,10 @@ class Metrics:
             "capi_partitions_paused", "Partitions paused for backpressure", registry=r
         )
         self.consumer_lag = Gauge(
-            "capi_consumer_lag", "High watermark minus committed offset", ["topic", "partition"], registry=r
+            "capi_consumer_lag",
+            "High watermark minus the settled (committable) offset",
+            ["topic", "partition"],
+            registry=r,
         )
         self.end_to_end_latency = Histogram(
             "capi_end_to_end_latency_seconds",

@@ -1,0 +1,84 @@
+"""The metrics catalogue: help text, bounded label names, and the README's metrics reference."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client import generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+from consumer import __version__
+from consumer.metrics import Metrics
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+# Every label is a configured name or a fixed code list: nothing per event or per customer.
+BOUNDED_LABELS = {
+    "topic",
+    "partition",
+    "reason",
+    "event_name",
+    "stage",
+    "field",
+    "pixel",
+    "key",
+    "outcome",
+    "code",
+    "subcode",
+    "error_class",
+    "version",
+}
+
+
+def _metrics(m: Metrics) -> list[MetricWrapperBase]:
+    return [v for v in vars(m).values() if isinstance(v, MetricWrapperBase)]
+
+
+def _exported_name(metric: MetricWrapperBase) -> str:
+    return metric._name + ("_total" if metric._type == "counter" else "")
+
+
+def test_every_metric_has_help_a_prefix_and_bounded_labels() -> None:
+    metrics = _metrics(Metrics())
+    assert len(metrics) >= 28
+    for metric in metrics:
+        assert metric._name.startswith("capi_"), metric._name
+        assert len(metric._documentation) > 10, metric._name
+        assert set(metric._labelnames) <= BOUNDED_LABELS, metric._name
+
+
+def test_each_instance_has_its_own_registry() -> None:
+    a, b = Metrics(), Metrics()
+    a.records_consumed.labels("orders").inc()
+    assert a.registry.get_sample_value("capi_records_consumed_total", {"topic": "orders"}) == 1
+    assert b.registry.get_sample_value("capi_records_consumed_total", {"topic": "orders"}) is None
+    assert b.registry.get_sample_value("capi_build_info", {"version": __version__}) == 1
+
+
+def test_series_names_match_a_scrape() -> None:
+    m = Metrics()
+    for metric in _metrics(m):
+        child = metric.labels(*["x"] * len(metric._labelnames)) if metric._labelnames else metric
+        if metric._type == "counter":
+            child.inc()
+        elif metric._type == "histogram":
+            child.observe(1)
+        else:
+            child.set(1)
+    text = generate_latest(m.registry).decode()
+    scraped = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+    assert scraped == m.series_names()
+
+
+def test_readme_documents_every_metric_with_its_type_and_labels() -> None:
+    section = README.read_text().split("## Observability", 1)[1]
+    rows = {
+        match[0]: (match[1], match[2].replace(" ", ""))
+        for match in re.findall(r"^\| `(capi_[a-z_]+)` \| (\w+) \|([a-z_, ]*)\|", section, re.MULTILINE)
+    }
+    metrics = _metrics(Metrics())
+    for metric in metrics:
+        name = _exported_name(metric)
+        assert name in rows, f"README's metrics reference lacks {name}"
+        assert rows[name] == (metric._type, ",".join(metric._labelnames)), name
+    assert len(rows) == len(metrics), set(rows) - {_exported_name(m) for m in metrics}
