@@ -174,6 +174,9 @@ def test_metrics_show_exact_counts_after_a_known_mix(
     assert metric_by(got, "capi_events_mapped_total", "event_name") == want.mapped
     assert metric_by(got, "capi_events_accepted_total", "event_name", pixel=PIXEL) == want.mapped
     assert metric_sum(got, "capi_events_accepted_total") == SENT
+    # Sent counts every attempt: at least once per accepted event (more if a request was retried).
+    sent = metric_by(got, "capi_events_sent_total", "event_name", pixel=PIXEL)
+    assert set(sent) == set(want.mapped) and all(sent[k] >= n for k, n in want.mapped.items()), sent
     assert metric_by(got, "capi_events_filtered_total", "reason") == want.filtered
     assert metric_sum(got, "capi_events_rejected_total") == 0
     assert metric_by(got, "capi_decode_failures_total", "reason") == {NOT_CONFLUENT_WIRE_FORMAT: BAD}
