@@ -136,10 +136,14 @@ def currency_minor_units(currency: str | None) -> int:
     return _MINOR_UNITS.get((currency or "").upper(), 2)
 
 
+_QUANTA = {places: Decimal(1).scaleb(-places) for places in range(5)}
+
+
 def _money(value: Any, places: int) -> Any:
     """A monetary amount as a JSON number rounded to the currency's minor units (half up)."""
     if isinstance(value, Decimal):
-        return float(value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+        quantum = _QUANTA.get(places) or Decimal(1).scaleb(-places)
+        return float(value.quantize(quantum, rounding=ROUND_HALF_UP))
     if isinstance(value, float):
         return round(value, places)
     return value
@@ -147,6 +151,8 @@ def _money(value: Any, places: int) -> Any:
 
 def _json_value(value: Any) -> Any:
     """Decoded Avro value -> JSON-ready value (Decimal -> float, dates -> ISO strings, UUID -> str)."""
+    if type(value) is str or type(value) is int:
+        return value
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, dt.date):  # datetime is a date too
@@ -266,8 +272,13 @@ class _Path:
 
     def get(self, record: Mapping[str, Any]) -> Any:
         """The value at this path, None when it or any record on the way is null/absent."""
-        value: Any = record
-        for key in self.keys:
+        keys = self.keys
+        if len(keys) == 1:
+            return record.get(keys[0])
+        value: Any = record.get(keys[0])
+        if len(keys) == 2:
+            return None if value is None else value.get(keys[1])
+        for key in keys[1:]:
             if value is None:
                 return None
             value = value.get(key)
@@ -744,6 +755,18 @@ class Mapper:
 
 
 def _is_http_url(url: str) -> bool:
+    if url.isascii() and url.startswith(("https://", "http://")):
+        # What urlsplit decides for a plain ASCII http(s) URL, without building its parts: the netloc
+        # runs to the first / ? or #. Tabs and newlines (which urlsplit deletes) and brackets (IPv6
+        # checks) take the full path below.
+        rest = url[8:] if url[4] == "s" else url[7:]
+        if not any(c in rest for c in "\t\r\n[]"):
+            end = len(rest)
+            for sep in "/?#":
+                found = rest.find(sep, 0, end)
+                if found != -1:
+                    end = found
+            return end > 0
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unclosed IPv6 bracket
@@ -763,6 +786,13 @@ def _raw_user_data(plan: _Plan, record: Mapping[str, Any]) -> dict[str, object]:
     """user_data key -> raw value (or list of values from several paths / array fields)."""
     raw: dict[str, object] = {}
     for key, paths in plan.user_data:
+        if len(paths) == 1:
+            value = paths[0].get(record)
+            if value is None:
+                continue
+            if not isinstance(value, list):
+                raw[key] = value
+                continue
         values: list[object] = []
         for path in paths:
             value = path.get(record)
@@ -793,7 +823,15 @@ def _custom_data(parts: _Parts, record: Mapping[str, Any]) -> dict[str, Any]:
     places = currency_minor_units(data.get("currency") if isinstance(data.get("currency"), str) else None)
     if parts.contents is not None:
         _add_contents(data, parts.contents, record, places)
-    return {k: _money(v, places) if k in _MONEY_KEYS else _json_value(v) for k, v in data.items()}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if k in _MONEY_KEYS:
+            out[k] = _money(v, places)
+        elif type(v) is str:
+            out[k] = v
+        else:
+            out[k] = _json_value(v)
+    return out
 
 
 def _add_contents(data: dict[str, Any], spec: _Contents, record: Mapping[str, Any], places: int) -> None:
@@ -801,9 +839,10 @@ def _add_contents(data: dict[str, Any], spec: _Contents, record: Mapping[str, An
     count = 0
     for item in spec.array.get(record) or ():
         item_id = spec.id.get(item) if item is not None else None
-        if item_id is None or str(item_id).strip() == "":
+        text_id = "" if item_id is None else str(item_id).strip()
+        if not text_id:
             continue  # Meta needs an id per content; an item without one cannot be described
-        entry: dict[str, Any] = {"id": str(item_id).strip()}
+        entry: dict[str, Any] = {"id": text_id}
         quantity = spec.quantity.get(item) if spec.quantity else None
         if quantity is not None:
             entry["quantity"] = quantity

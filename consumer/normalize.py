@@ -131,7 +131,12 @@ _PASSTHROUGH: Final = frozenset(UNHASHED_FIELDS) | frozenset(MESSAGING_FIELDS)
 # Only these rules read the country; keying the cache on the hint for the others would split hits.
 _HINTED: Final = frozenset({"ph", "st", "zp"})
 # Dates of birth depend on "today", so a cached verdict could go stale; parsing them is cheap anyway.
-_UNCACHED: Final = frozenset({"db"})
+# Unhashed pass-through IDs (fbp, fbc, user agent, ...) cost a trim: a cache hit is no cheaper, and as
+# they are often unique per event they would only evict repeat customers' hashes (client_ip_address,
+# which needs a parse, stays cached).
+_UNCACHED: Final = frozenset({"db"}) | (frozenset(UNHASHED_FIELDS) | frozenset(MESSAGING_FIELDS)) - {
+    "client_ip_address"
+}
 
 _HEX_RE: Final = re.compile(r"[0-9a-fA-F]+")
 _EMAIL_RE: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -451,6 +456,16 @@ class Normalizer:
         out: dict[str, str | list[str]] = {}
         omitted: list[Omission] = []
         for field, raw_value in raw.items():
+            if raw_value is None:
+                continue
+            if type(raw_value) is str:
+                # One text value (the common case): what the general path below does for a 1-element list.
+                result = self._normalize(field, raw_value, hint)
+                if isinstance(result, Omission):
+                    omitted.append(result)
+                else:
+                    out[field] = result.value
+                continue
             sent: list[str] = []
             for value in _values(raw_value):
                 result = self._normalize(field, value, hint)
@@ -468,6 +483,8 @@ class Normalizer:
         return UserDataResult(out, tuple(omitted))
 
     def _normalize(self, field: str, value: object, hint: str | None) -> Normalized | Omission:
+        if type(value) is str and field not in _UNCACHED:
+            return self._compute(field, value, hint if field in _HINTED else None)
         # bool is an int and True == 1 would share 1's cache entry, so types are settled before the cache.
         if isinstance(value, bool) or not isinstance(value, str | int | dt.date):
             return Omission(field, INVALID_TYPE)
