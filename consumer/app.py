@@ -16,6 +16,7 @@ from consumer.config import AppConfig
 from consumer.decode import Decoder, parse_schema
 from consumer.deliver import Destination, GraphClient, RetryPolicy
 from consumer.dlq import DeadLetterWriter
+from consumer.dlq_monitor import DeadLetterMonitor
 from consumer.mapping import Mapper
 from consumer.metrics import Metrics
 from consumer.normalize import Normalizer
@@ -156,6 +157,7 @@ class Service:
         self, config: AppConfig, mapper: Mapper | None = None, *, replay: ReplayPlan | None = None
     ) -> None:
         self.config = config
+        self.replay = replay
         self.metrics = Metrics()
         self.pipeline = build_pipeline(config, self.metrics, mapper, replay=replay)
         self.metrics_port: int | None = None
@@ -178,6 +180,12 @@ class Service:
                 extra={"host": self.config.metrics.host, "port": self.metrics_port},
             )
         code = 0
+        monitor = None
+        if self.replay is None:
+            dlq_monitor = DeadLetterMonitor.from_config(
+                self.config, self.metrics, interval_s=self.config.dlq.monitor_interval_s
+            )
+            monitor = asyncio.create_task(dlq_monitor.run(stop))
         try:
             async with pipeline.p.client:
                 await pipeline.run(stop)
@@ -188,6 +196,9 @@ class Service:
             )
             code = 1
         finally:
+            if monitor is not None:
+                monitor.cancel()
+                await asyncio.gather(monitor, return_exceptions=True)
             if runner is not None:
                 await runner.cleanup()
         log.info("stopped", extra={"exit_code": code, "consumed": pipeline.stats.consumed})

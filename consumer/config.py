@@ -759,6 +759,8 @@ class DlqConfig(_Model):
     min_events: Annotated[int, Field(ge=1)] = 100
     write_timeout_s: PositiveFloat = 30.0
     """How long Kafka may take to acknowledge a dead-letter copy before the consumer stops."""
+    monitor_interval_s: PositiveFloat = 60.0
+    """How often the age of the oldest record waiting in each dead-letter topic is measured."""
     parked_dead_letter_after_s: PositiveFloat | None = None
     """Dead-letter the events of a parked destination after this long; None (default): never, they wait
     (unsettled, uncommitted) until the destination recovers."""

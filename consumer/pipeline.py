@@ -121,6 +121,7 @@ class Pipeline(DeliveryHooks):
         self._recent: deque[tuple[float, bool]] = deque()  # (monotonic time, dead-lettered?)
         self._recent_failed = 0
         self._overloaded = False
+        self._lag_series: set[tuple[str, int]] = set()
         self.loop_turned_at = 0.0
         """Monotonic time of the last loop turn (/healthz)."""
         self.running = False
@@ -403,8 +404,14 @@ class Pipeline(DeliveryHooks):
         p.metrics.partitions_paused.set(len(source.paused_partitions))
 
     def _export_lag(self) -> None:
-        for (topic, partition), lag in self.p.source.lag().items():
-            self.p.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+        lags = self.p.source.lag()
+        gauge = self.p.metrics.consumer_lag
+        # A partition that moved to another member must stop reporting its frozen lag here.
+        for topic, partition in self._lag_series - set(lags):
+            gauge.remove(topic, str(partition))
+        for (topic, partition), lag in lags.items():
+            gauge.labels(topic, str(partition)).set(lag)
+        self._lag_series = set(lags)
 
     # -- shutdown
     async def _shutdown(self) -> None:

@@ -141,7 +141,14 @@ def test_metrics_show_exact_counts_after_a_known_mix(
 ) -> None:
     orders, subs = make_topic("orders", partitions=2), make_topic("subs", partitions=2)
     topics = {orders: "order", subs: "subscription"}
-    config = write_config(tmp_path, devstack, emulator.base_url, topics, group_id="g-obs")
+    config = write_config(
+        tmp_path,
+        devstack,
+        emulator.base_url,
+        topics,
+        group_id="g-obs",
+        extra={"dlq": {"monitor_interval_s": 1}},
+    )
     samples = _known_mix(int(time.time() * 1000))
     want = Expected(config, topics, samples)
     # The mix is what this test claims it is.
@@ -163,6 +170,13 @@ def test_metrics_show_exact_counts_after_a_known_mix(
         assert status == 200 and json.loads(body)["status"] == "ready"
         time.sleep(0.3)  # the in-flight gauges follow settlement on the next loop turn
         got = scrape(port)
+        # The service's dead-letter monitor sees the records waiting for a replay.
+        wait_for(
+            lambda: metric_sum(scrape(port), "capi_dlq_records_waiting", topic=f"{orders}.dlq") == BAD,
+            30,
+            "capi_dlq_records_waiting",
+        )
+        assert metric_sum(scrape(port), "capi_dlq_oldest_record_age_seconds", topic=f"{orders}.dlq") > 0
     finally:
         assert consumer.terminate() == 0, consumer.log()[-3000:]
 
