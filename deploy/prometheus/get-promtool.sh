@@ -24,7 +24,9 @@ mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 echo "get-promtool: building promtool $version with $(go version) (first run only)" >&2
 start=$(date +%s)
-GOBIN="$tmp" GOFLAGS="${GOFLAGS:-} -buildvcs=false" go install "github.com/prometheus/prometheus/cmd/promtool@$version" >&2
+# Go's module and build caches live in the project's cache too (writable, so `rm -rf .cache` works).
+export GOPATH="$cache/go" GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build"
+GOBIN="$tmp" GOFLAGS="${GOFLAGS:-} -buildvcs=false -modcacherw" go install "github.com/prometheus/prometheus/cmd/promtool@$version" >&2
 "$tmp/promtool" --version >/dev/null
 rm -rf "$dest"
 mv "$tmp" "$dest"
