@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,9 +175,16 @@ def create_topics(bootstrap: str, names: list[str]) -> None:
         future.result(60)
 
 
-def produce_backlog(bootstrap: str, topic: str, schema_id: int, n: int, start: int) -> float:
-    """Produce `n` orders as fast as possible; returns seconds taken."""
+def encoded_orders(schema_id: int, n: int, start: int) -> Iterator[tuple[bytes, bytes]]:
+    """(key, Confluent wire-format value) of `n` orders, order IDs from `start`."""
     schema = order_schema()
+    now_ms = int(time.time() * 1000)
+    for record in orders(n, now_ms=now_ms, start=start):
+        yield record["order_id"].encode(), wire_format(schema_id, avro_bytes(schema, record))
+
+
+def produce_backlog(bootstrap: str, topic: str, values: Iterable[tuple[bytes, bytes]]) -> float:
+    """Produce records as fast as possible; returns seconds taken."""
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -187,12 +194,10 @@ def produce_backlog(bootstrap: str, topic: str, schema_id: int, n: int, start: i
         }
     )
     started = time.monotonic()
-    now_ms = int(time.time() * 1000)
-    for i, record in enumerate(orders(n, now_ms=now_ms, start=start)):
-        value = wire_format(schema_id, avro_bytes(schema, record))
+    for i, (key, value) in enumerate(values):
         while True:
             try:
-                producer.produce(topic, key=record["order_id"].encode(), value=value)
+                producer.produce(topic, key=key, value=value)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -232,6 +237,8 @@ class Stack:
     broker_pid: int
     emulator_pid: int
     workdir: Path
+    consumer_root: Path = REPO
+    """Checkout whose `consumer` package the capi-consumer processes run (A/B of proposed changes)."""
 
 
 def _capi_config(stack: Stack, group: str, topics: list[str], metrics_port: int) -> Path:
@@ -262,7 +269,9 @@ def _capi_config(stack: Stack, group: str, topics: list[str], metrics_port: int)
 class Workers:
     """The process(es) of one scenario and how to tell when the first record was consumed."""
 
-    def __init__(self, scenario: Scenario, stack: Stack, group: str, topics: list[str]) -> None:
+    def __init__(
+        self, scenario: Scenario, stack: Stack, group: str, topics: list[str], profile: Path | None = None
+    ) -> None:
         self.scenario = scenario
         self.procs: list[ManagedProcess] = []
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "CAPI_ACCESS_TOKEN": TOKEN}
@@ -273,7 +282,13 @@ class Workers:
                 port = free_port()
                 config = _capi_config(stack, group, topics, port)
                 argv = [sys.executable, "-m", "consumer", "run", "--config", str(config)]
-                self.procs.append(ManagedProcess(f"capi-{n}", argv, log, env=env, cwd=REPO))
+                if profile is not None:
+                    # pyinstrument (not a dependency) wraps the process and writes its profile at exit.
+                    out = profile / f"{group}-{n}.txt"
+                    argv[1:1] = ["-m", "pyinstrument", "--interval", "0.001", "-r", "text", "-o", str(out)]
+                # `python -m` puts the working directory first on sys.path: its `consumer` package runs.
+                cwd = stack.consumer_root
+                self.procs.append(ManagedProcess(f"capi-{n}", argv, log, env=env, cwd=cwd))
             else:
                 module = "bench.decode_ceiling" if scenario.kind == "ceiling" else "bench.sdk_baseline"
                 argv = [sys.executable, "-m", module, "--bootstrap", stack.bootstrap]
@@ -343,23 +358,22 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 def run_scenario(
     scenario: Scenario,
     stack: Stack,
-    backlog_topic: str,
+    topic: str,
     n: int,
     live: list[tuple[str, bytes]],
     run_id: str,
     timeout_s: float,
+    profile: Path | None = None,
 ) -> Result:
     result = Result(scenario.key, scenario.title, n)
     group = f"bench-{scenario.key}-{run_id}"
-    live_topic = f"bench-live-{scenario.key}-{run_id}"
-    topics = [backlog_topic] if scenario.kind == "ceiling" else [backlog_topic, live_topic]
     committed = Committed(stack.bootstrap, group)
     emulator_before = _emulator_events(stack)
     workers: Workers | None = None
     sampler: procstat.RssSampler | None = None
     try:
         with _fault(stack, scenario.added_latency_ms):
-            workers = Workers(scenario, stack, group, topics)
+            workers = Workers(scenario, stack, group, [topic], profile)
             sampler = procstat.RssSampler(workers.pids, interval_s=0.5).start()
             first = workers.wait_first_consumed(60)
             ours = [*workers.pids, stack.broker_pid, stack.emulator_pid]
@@ -369,7 +383,7 @@ def run_scenario(
             deadline = time.monotonic() + timeout_s
             done = 0
             while True:
-                done = committed.total(backlog_topic)
+                done = committed.total(topic)
                 if done >= n:
                     break
                 if time.monotonic() > deadline:
@@ -389,8 +403,8 @@ def run_scenario(
             result.emulator_cpu_s = round(used[k + 1], 2)
             result.other_cpu_s = round(max(0.0, (busy1 - busy0) - sum(used) - (own1 - own0)), 2)
             result.machine_busy_cores = round((busy1 - busy0) / result.seconds, 2)
-            if scenario.kind != "ceiling":
-                _latency_phase(result, stack, committed, live_topic, live, workers)
+            if scenario.kind != "ceiling" and live:
+                _latency_phase(result, stack, committed, topic, n, live, workers)
             result.peak_rss_mb = [
                 round(procstat.memory_kb(p).get("VmHWM", 0) / 1024, 1) for p in workers.pids
             ]
@@ -415,14 +429,16 @@ def _latency_phase(
     stack: Stack,
     committed: Committed,
     topic: str,
+    backlog: int,
     live: list[tuple[str, bytes]],
     workers: Workers,
 ) -> None:
+    """Append `live` to the drained topic at LIVE_RATE and time each event to the emulator."""
     _http(f"{stack.capi}/_bench/probe", "POST", {"on": True})
     try:
         stamps = produce_paced(stack.bootstrap, topic, live, LIVE_RATE)
         deadline = time.monotonic() + 60
-        while committed.total(topic) < len(live):
+        while committed.total(topic) < backlog + len(live):
             if time.monotonic() > deadline:
                 raise RuntimeError("latency phase: records not committed within 60 s")
             workers.check_alive()
@@ -559,6 +575,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scenarios", default="abcde", help="subset to run, e.g. 'ac'")
     parser.add_argument("--reference", action="store_true", help="also write bench/results/reference.json")
+    parser.add_argument(
+        "--consumer-root",
+        type=Path,
+        default=REPO,
+        help="run capi-consumer from this checkout (directory holding a `consumer` package)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run scenario (c) under pyinstrument (pip install it first) and write its profile here",
+    )
     args = parser.parse_args(argv)
     n = args.events or (30_000 if args.quick else 200_000)
     backlog_n = args.backlog if args.backlog is not None else (0 if args.quick else 1_000_000)
@@ -587,26 +615,36 @@ def main(argv: list[str] | None = None) -> int:
             capi = json.loads(emulator.read_line(30))["capi_base_url"]
             broker_pid = next(p.pid for p in devstack.processes if p.name == "kafka")
             stack = Stack(
-                ep.bootstrap_servers, ep.schema_registry_url, capi, broker_pid, emulator.pid, workdir
+                ep.bootstrap_servers,
+                ep.schema_registry_url,
+                capi,
+                broker_pid,
+                emulator.pid,
+                workdir,
+                args.consumer_root.resolve(),
             )
             print(f"dev stack up in {time.monotonic() - started:.0f}s", flush=True)
-            backlog_topic = f"bench-orders-{run_id}"
+            # One topic per scenario, each with the same N records: a second topic per scenario would
+            # let the sticky assignor give one process of (e) all of one topic and nothing to do.
+            selected = [s for s in SCENARIOS if s.key in args.scenarios]
+            topic_of = {s.key: f"bench-orders-{s.key}-{run_id}" for s in selected}
             big_topic = f"bench-backlog-{run_id}"
-            topics = [backlog_topic] + [f"bench-live-{s.key}-{run_id}" for s in SCENARIOS]
-            create_topics(stack.bootstrap, topics + ([big_topic] if backlog_n else []))
+            create_topics(stack.bootstrap, [*topic_of.values()] + ([big_topic] if backlog_n else []))
             registry = SchemaRegistryClient({"url": stack.registry})
             schema_id = registry.register_schema(
-                f"{backlog_topic}-value", Schema(ORDER_SCHEMA_PATH.read_text(), "AVRO")
+                f"bench-orders-{run_id}-value", Schema(ORDER_SCHEMA_PATH.read_text(), "AVRO")
             )
-            took = produce_backlog(stack.bootstrap, backlog_topic, schema_id, n, 0)
-            print(
-                f"produced {n:,} records to {backlog_topic} ({PARTITIONS} partitions) in {took:.0f}s",
-                flush=True,
-            )
+            encoded = list(encoded_orders(schema_id, n, 0))
 
             schema = order_schema()
             results: dict[str, Result] = {}
-            for index, scenario in enumerate(s for s in SCENARIOS if s.key in args.scenarios):
+            for index, scenario in enumerate(selected):
+                took = produce_backlog(stack.bootstrap, topic_of[scenario.key], encoded)
+                print(
+                    f"produced {n:,} records to {topic_of[scenario.key]} ({PARTITIONS} partitions) "
+                    f"in {took:.0f}s",
+                    flush=True,
+                )
                 now_ms = int(time.time() * 1000)
                 start = 10_000_000 * (index + 1)
                 live = [
@@ -615,7 +653,12 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 print(f"({scenario.key}) {scenario.title} ...", flush=True)
                 timeout = max(300.0, n / 500)
-                result = run_scenario(scenario, stack, backlog_topic, n, live, run_id, timeout)
+                profile = args.profile if scenario.key == "c" else None
+                if profile is not None:
+                    profile.mkdir(parents=True, exist_ok=True)
+                result = run_scenario(
+                    scenario, stack, topic_of[scenario.key], n, live, run_id, timeout, profile
+                )
                 results[scenario.key] = result
                 if result.error:
                     print(f"    FAILED: {result.error}", flush=True)
@@ -630,7 +673,10 @@ def main(argv: list[str] | None = None) -> int:
 
             backlog: dict[str, Any] | None = None
             if backlog_n:
-                took = produce_backlog(stack.bootstrap, big_topic, schema_id, backlog_n, 50_000_000)
+                del encoded
+                took = produce_backlog(
+                    stack.bootstrap, big_topic, encoded_orders(schema_id, backlog_n, 50_000_000)
+                )
                 print(
                     f"produced {backlog_n:,} records to {big_topic} in {took:.0f}s; draining ...", flush=True
                 )
@@ -657,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
             "latency_events": live_n,
             "latency_rate_per_s": LIVE_RATE,
             "partitions": PARTITIONS,
+            "consumer_root": str(args.consumer_root.resolve()),
             "git_commit": _git_commit(),
             "machine": machine,
             "load_avg_before": [round(v, 2) for v in load_before],
