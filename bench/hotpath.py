@@ -28,7 +28,7 @@ from consumer.batch import Batcher, PendingEvent
 from consumer.config import load_config
 from consumer.decode import Decoder, parse_schema
 from consumer.mapping import Mapped, Mapper
-from consumer.metrics import MATCH_KEYS, Metrics
+from consumer.metrics import Metrics
 from consumer.offsets import OffsetLedger
 
 
@@ -97,7 +97,7 @@ def build(records: int) -> tuple[list[bytes], Callable[[str], int]]:
                 ticket=ticket,
                 origin=None,  # type: ignore[arg-type]
                 record_timestamp_ms=None,
-                meta={"keys": tuple(k for k in MATCH_KEYS if k in event.get("user_data", {}))},
+                user_data_keys=tuple(event["user_data"]),
             )
             for batch in batcher.add(result.destination, pending):
                 for e in batch.events:

@@ -7,8 +7,7 @@ and its byte size is exact without serializing twice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from confluent_kafka import Message
 
@@ -62,7 +61,8 @@ class PendingEvent:
     origin: Origin
     record_timestamp_ms: int | None = None
     attempts: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
+    user_data_keys: tuple[str, ...] = ()
+    """The user_data keys the event carries (match-key coverage metrics)."""
 
 
 @dataclass(slots=True)

@@ -41,7 +41,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from consumer.avro_json import SchemaIndex
 from consumer.config import (
@@ -53,7 +52,7 @@ from consumer.config import (
     TopicConfig,
 )
 from consumer.normalize import Normalizer, Omission
-from consumer.validate import validate_event
+from consumer.validate import is_http_url, validate_event
 
 __all__ = [
     "EVENT_TYPE_NOT_SENT",
@@ -702,7 +701,7 @@ class Mapper:
         if parts.event_source_url is not None:
             url = parts.event_source_url.get(record)
             url = url.strip() if isinstance(url, str) else ""
-            if url and (_is_http_url(url) or parts.action_source == "website"):
+            if url and (is_http_url(url) or parts.action_source == "website"):
                 event["event_source_url"] = url
             elif url:
                 # Optional outside website events: a malformed page URL must not cost the whole event
@@ -723,7 +722,7 @@ class Mapper:
             event["data_processing_options_country"] = (country.get(record) if country else None) or 0
             event["data_processing_options_state"] = (state.get(record) if state else None) or 0
 
-        rejection = validate_event(event, now=self._clock())
+        rejection = validate_event(event, now=self._clock(), normalized=True)
         if rejection is not None:
             return Rejected("validate", rejection.reason, rejection.detail)
         return Mapped(plan.destination, event, omitted)
@@ -752,26 +751,6 @@ class Mapper:
             if divisor is not None:
                 return value // divisor
         raise _Reject(INVALID_EVENT_TIME, f"{path.text} is not a {unit} timestamp")
-
-
-def _is_http_url(url: str) -> bool:
-    if url.isascii() and url.startswith(("https://", "http://")):
-        # What urlsplit decides for a plain ASCII http(s) URL, without building its parts: the netloc
-        # runs to the first / ? or #. Tabs and newlines (which urlsplit deletes) and brackets (IPv6
-        # checks) take the full path below.
-        rest = url[8:] if url[4] == "s" else url[7:]
-        if not any(c in rest for c in "\t\r\n[]"):
-            end = len(rest)
-            for sep in "/?#":
-                found = rest.find(sep, 0, end)
-                if found != -1:
-                    end = found
-            return end > 0
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
 
 
 def _event_id(path: _Path, record: Mapping[str, Any]) -> str:

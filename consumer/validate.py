@@ -38,6 +38,7 @@ import functools
 import math
 import re
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -154,16 +155,18 @@ def _is_number(value: object) -> bool:
     return math.isfinite(value)
 
 
-def validate_event(event: Mapping[str, Any], *, now: float) -> Rejection | None:
+def validate_event(event: Mapping[str, Any], *, now: float, normalized: bool = False) -> Rejection | None:
     """The first reason Meta would reject `event`, or None when it may be sent.
 
-    `now` is the current time in Unix seconds; event_time is compared against it.
+    `now` is the current time in Unix seconds; event_time is compared against it. `normalized=True`
+    says user_data comes from `Normalizer.user_data`, which only emits non-empty values and SHA-256 hex
+    for every hashed key, so those per-value checks are skipped (the key-combination check is not).
     """
     return (
         _check_shape(event)
         or _check_time(event, now)
         or _check_action_source_requirements(event)
-        or _check_user_data(event["user_data"])
+        or (_check_normalized_user_data if normalized else _check_user_data)(event["user_data"])
         or _check_custom_data(event)
     )
 
@@ -226,11 +229,26 @@ def _check_action_source_requirements(event: Mapping[str, Any]) -> Rejection | N
 
 
 def _is_http_url(url: object) -> bool:
-    if not isinstance(url, str):
-        return False
+    return isinstance(url, str) and is_http_url(url)
+
+
+def is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host (what Meta requires of event_source_url)."""
+    if url.isascii() and url.startswith(("https://", "http://")):
+        # What urlsplit decides for a plain ASCII http(s) URL, without building its parts: the netloc
+        # runs to the first / ? or #. Tabs and newlines (which urlsplit deletes) and brackets (IPv6
+        # checks) take the full path below.
+        rest = url[8:] if url[4] == "s" else url[7:]
+        if not any(c in rest for c in "\t\r\n[]"):
+            end = len(rest)
+            for sep in "/?#":
+                found = rest.find(sep, 0, end)
+                if found != -1:
+                    end = found
+            return end > 0
     try:
         parts = urlsplit(url)
-    except ValueError:
+    except ValueError:  # e.g. an unclosed IPv6 bracket
         return False
     return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
 
@@ -243,7 +261,14 @@ def _check_user_data(user_data: Mapping[str, Any]) -> Rejection | None:
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, str) and _SHA256_RE.fullmatch(v) for v in values):
             return Rejection(UNHASHED_USER_DATA, f"user_data.{key}")
-    keys = {str(key) for key, value in user_data.items() if _present(value)}
+    return _check_keys({str(key) for key, value in user_data.items() if _present(value)})
+
+
+def _check_normalized_user_data(user_data: Mapping[str, Any]) -> Rejection | None:
+    return _check_keys(user_data.keys())
+
+
+def _check_keys(keys: AbstractSet[str]) -> Rejection | None:
     if not keys or any(keys <= combination for combination in BROAD_USER_DATA_COMBINATIONS):
         return Rejection(INSUFFICIENT_USER_DATA, "user_data keys: " + ",".join(sorted(keys)))
     return None

@@ -14,7 +14,7 @@ from consumer.config import ConfigError, load_config
 
 def main(args: argparse.Namespace) -> int:
     logs.setup(os.environ.get("CAPI_LOG_LEVEL", "WARNING"))
-    from consumer.app import ReplayPlan, Service, build_decoder, build_mapper
+    from consumer.app import ReplayPlan, Service, build_decoder, build_mapper, tune_gc
     from consumer.replay import (
         ReplayFilter,
         dlq_topics,
@@ -60,6 +60,7 @@ def main(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         return await service.run(stop)
 
+    tune_gc()
     code = asyncio.run(run())
     stats = service.pipeline.stats
     print(

@@ -17,6 +17,7 @@ from consumer.normalize import (
     Normalizer,
     Omission,
 )
+from consumer.validate import _check_normalized_user_data, _check_user_data
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # Fields whose rule reads no country; ph/st/zp are checked with their own hint below.
@@ -107,3 +108,26 @@ def test_omissions_never_echo_the_value(value: str) -> None:
         result = NORMALIZER.normalize(field, value)
         if isinstance(result, Omission):
             assert result.reason in OMISSION_REASONS
+
+
+USER_DATA_KEYS = [*HASHED_FIELDS, "client_ip_address", "client_user_agent", "fbp", "fbc"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raw=st.dictionaries(
+        st.sampled_from(USER_DATA_KEYS),
+        st.one_of(st.none(), identifier_text, st.lists(identifier_text, max_size=3)),
+        max_size=8,
+    )
+)
+def test_validation_may_trust_what_the_normalizer_emits(raw: dict[str, object]) -> None:
+    # The mapper validates its own events with normalized=True, which skips the per-value checks
+    # (present, SHA-256 shaped) because user_data() guarantees them: the verdict must be the same.
+    out = NORMALIZER.user_data(raw).user_data
+    for key, value in out.items():
+        values = value if isinstance(value, list) else [value]
+        assert values and all(isinstance(v, str) and v for v in values), key
+        if key in HASHED_FIELDS:
+            assert all(SHA256_HEX.fullmatch(v) for v in values), key
+    assert _check_user_data(out) == _check_normalized_user_data(out)

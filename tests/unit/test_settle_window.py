@@ -1,0 +1,25 @@
+"""The dead-letter guard's sliding window: right counts, and memory bounded by the window."""
+
+from __future__ import annotations
+
+from consumer.pipeline import SettleWindow
+
+
+def test_counts_only_the_last_window() -> None:
+    window = SettleWindow(10.0)
+    for i in range(100):
+        window.add(1000.0 + i * 0.1, failed=i % 4 == 0)  # 10 s: 100 settled, 25 failed
+    assert window.counts(1009.9) == (100, 25)
+    # At 1015 the first half (t < 1005) has left the window (buckets are whole seconds).
+    settled, failed = window.counts(1015.0)
+    assert settled == 50
+    assert failed == 12
+    assert window.counts(2000.0) == (0, 0)
+
+
+def test_buckets_do_not_grow_with_the_record_rate() -> None:
+    window = SettleWindow(60.0)
+    for i in range(1_000_000):
+        window.add(i / 5000, failed=False)  # 200 s at 5,000 records/s, nothing failing
+    assert len(window._buckets) <= 62
+    assert window.counts(200.0)[0] == 60 * 5000
