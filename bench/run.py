@@ -8,10 +8,12 @@ process, `bench.emulator_probe`):
 2. for each scenario start the worker process(es) with a fresh consumer group and measure draining
    the backlog: events/s from the first record consumed to the moment the group's committed offsets
    cover all N records, each worker's peak RSS (VmHWM) and CPU seconds (/proc), and the CPU the
-   broker, the emulator and everything else on the machine used in the same window;
-3. then, with the worker caught up, produce M more records at a steady R events/s to a second topic
-   it also consumes and measure end-to-end latency per event (record timestamp -> accepted by the
-   emulator); a drained backlog says nothing about latency, a paced stream does;
+   broker, the emulator and everything else on the machine used in the same window. (e)'s two
+   processes start on an empty topic and the N records are produced once both hold partitions, so
+   the join rebalance, a one-off when a group scales out, is not what is measured;
+3. then, with the worker caught up, append M more records at a steady R events/s to the same topic
+   and measure end-to-end latency per event (record timestamp -> accepted by the emulator); a
+   drained backlog says nothing about latency, a paced stream does;
 4. full runs only: drain a 1,000,000-record backlog with capi-consumer and sample its RSS over time.
 
 Scenarios: (a) decode ceiling, (b) SDK baseline, (c) capi-consumer, (d) capi-consumer with 150 ms
@@ -64,6 +66,7 @@ COMMIT_POLL_S = 0.05
 FIRST_POLL_S = 0.01
 LIVE_RATE = 1000  # events/s of the latency phase
 AUTO_COMMIT_MS = 100
+GROUP_SETTLE_S = 1.0
 
 TARGETS = [
     # (name, numerator, denominator, minimum ratio)
@@ -322,6 +325,16 @@ class Workers:
                     return float(payload["first_consumed"])
         raise RuntimeError(f"no record consumed within {timeout_s:.0f}s")
 
+    def wait_all_assigned(self, timeout_s: float) -> None:
+        """Until every process has logged a non-empty assignment: the group has formed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if all(_assigned_at(p.log_path) is not None for p in self.procs):
+                return
+            time.sleep(FIRST_POLL_S)
+        raise RuntimeError(f"the group did not form within {timeout_s:.0f}s")
+
     def check_alive(self) -> None:
         for proc in self.procs:
             if not proc.alive():
@@ -364,7 +377,12 @@ def run_scenario(
     run_id: str,
     timeout_s: float,
     profile: Path | None = None,
+    produce_after_join: list[tuple[bytes, bytes]] | None = None,
 ) -> Result:
+    """Drain `topic` with the scenario's worker(s). With `produce_after_join`, the topic starts empty:
+    the workers start, the group forms (every process holds partitions), then those records are
+    produced and the clock starts; otherwise the backlog is already there and the clock starts at
+    the first record consumed."""
     result = Result(scenario.key, scenario.title, n)
     group = f"bench-{scenario.key}-{run_id}"
     committed = Committed(stack.bootstrap, group)
@@ -375,11 +393,18 @@ def run_scenario(
         with _fault(stack, scenario.added_latency_ms):
             workers = Workers(scenario, stack, group, [topic], profile)
             sampler = procstat.RssSampler(workers.pids, interval_s=0.5).start()
-            first = workers.wait_first_consumed(60)
+            if produce_after_join is None:
+                first = workers.wait_first_consumed(60)
+            else:
+                workers.wait_all_assigned(60)
+                time.sleep(GROUP_SETTLE_S)
+                first = time.time()
             ours = [*workers.pids, stack.broker_pid, stack.emulator_pid]
             cpu0 = [procstat.cpu_seconds(p) for p in ours]
             busy0 = procstat.system_busy_seconds()
             own0 = procstat.cpu_seconds(os.getpid())
+            if produce_after_join is not None:
+                produce_backlog(stack.bootstrap, topic, produce_after_join)
             deadline = time.monotonic() + timeout_s
             done = 0
             while True:
@@ -639,12 +664,17 @@ def main(argv: list[str] | None = None) -> int:
             schema = order_schema()
             results: dict[str, Result] = {}
             for index, scenario in enumerate(selected):
-                took = produce_backlog(stack.bootstrap, topic_of[scenario.key], encoded)
-                print(
-                    f"produced {n:,} records to {topic_of[scenario.key]} ({PARTITIONS} partitions) "
-                    f"in {took:.0f}s",
-                    flush=True,
-                )
+                # A group of several processes is measured once it has formed: started on a drained
+                # backlog, its first member would take every partition and the join rebalance (a
+                # one-off when scaling out) would dominate the run. One process reads a ready backlog.
+                after_join = scenario.processes > 1
+                if not after_join:
+                    took = produce_backlog(stack.bootstrap, topic_of[scenario.key], encoded)
+                    print(
+                        f"produced {n:,} records to {topic_of[scenario.key]} ({PARTITIONS} partitions) "
+                        f"in {took:.0f}s",
+                        flush=True,
+                    )
                 now_ms = int(time.time() * 1000)
                 start = 10_000_000 * (index + 1)
                 live = [
@@ -657,7 +687,15 @@ def main(argv: list[str] | None = None) -> int:
                 if profile is not None:
                     profile.mkdir(parents=True, exist_ok=True)
                 result = run_scenario(
-                    scenario, stack, topic_of[scenario.key], n, live, run_id, timeout, profile
+                    scenario,
+                    stack,
+                    topic_of[scenario.key],
+                    n,
+                    live,
+                    run_id,
+                    timeout,
+                    profile,
+                    produce_after_join=encoded if after_join else None,
                 )
                 results[scenario.key] = result
                 if result.error:

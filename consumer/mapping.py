@@ -34,6 +34,7 @@ the customer record and web context (hashed by the Normalizer; `subscription_id`
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import time
 import uuid
@@ -140,12 +141,20 @@ _QUANTA = {places: Decimal(1).scaleb(-places) for places in range(5)}
 
 def _money(value: Any, places: int) -> Any:
     """A monetary amount as a JSON number rounded to the currency's minor units (half up)."""
+    if type(value) is Decimal:
+        return _round_decimal(value, places)
     if isinstance(value, Decimal):
-        quantum = _QUANTA.get(places) or Decimal(1).scaleb(-places)
-        return float(value.quantize(quantum, rounding=ROUND_HALF_UP))
+        return _round_decimal(Decimal(value), places)
     if isinstance(value, float):
         return round(value, places)
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _round_decimal(value: Decimal, places: int) -> float:
+    # Prices and totals repeat (a catalogue), and quantize + float costs more than the cache lookup.
+    quantum = _QUANTA.get(places) or Decimal(1).scaleb(-places)
+    return float(value.quantize(quantum, rounding=ROUND_HALF_UP))
 
 
 def _json_value(value: Any) -> Any:
@@ -465,6 +474,8 @@ class _Plan:
     time_unit: str
     filters: tuple[_Filter, ...]
     user_data: tuple[tuple[str, tuple[_Path, ...]], ...]
+    user_data_runs: tuple[_UserDataRun, ...]
+    """`user_data` as runs of consecutive keys that read the same parent record (see _raw_user_data)."""
     opt_out: _Path | None
     ldu: tuple[_Path, _Path | None, _Path | None] | None
     base: _Parts
@@ -530,6 +541,7 @@ def _compile(
         time_unit=spec.event_time.unit,
         filters=tuple(filters),
         user_data=tuple(user_data),
+        user_data_runs=_user_data_runs(tuple(user_data)),
         opt_out=opt_out,
         ldu=ldu,
         base=base,
@@ -761,26 +773,62 @@ def _event_id(path: _Path, record: Mapping[str, Any]) -> str:
     return text
 
 
+@dataclass(frozen=True, slots=True)
+class _UserDataRun:
+    """Consecutive user_data keys each read from one field of the same record (`customer.email`,
+    `customer.phone`, ...): the parent is looked up once. `parent` is () for top-level fields;
+    `paths` is set instead of `fields` for a key with several paths or a deeper one."""
+
+    parent: tuple[str, ...]
+    fields: tuple[tuple[str, str], ...] = ()
+    paths: tuple[str, tuple[_Path, ...]] | None = None
+
+
+def _user_data_runs(user_data: tuple[tuple[str, tuple[_Path, ...]], ...]) -> tuple[_UserDataRun, ...]:
+    runs: list[_UserDataRun] = []
+    for key, paths in user_data:
+        if len(paths) != 1 or len(paths[0].keys) > 2:
+            runs.append(_UserDataRun((), paths=(key, paths)))
+            continue
+        *parent, leaf = paths[0].keys
+        last = runs[-1] if runs else None
+        if last is not None and last.paths is None and last.parent == tuple(parent):
+            runs[-1] = _UserDataRun(last.parent, (*last.fields, (key, leaf)))
+        else:
+            runs.append(_UserDataRun(tuple(parent), ((key, leaf),)))
+    return tuple(runs)
+
+
 def _raw_user_data(plan: _Plan, record: Mapping[str, Any]) -> dict[str, object]:
-    """user_data key -> raw value (or list of values from several paths / array fields)."""
+    """user_data key -> raw value (or list of values from several paths / array fields), in the
+    mapping's key order."""
     raw: dict[str, object] = {}
-    for key, paths in plan.user_data:
-        if len(paths) == 1:
-            value = paths[0].get(record)
+    for run in plan.user_data_runs:
+        if run.paths is not None:
+            key, paths = run.paths
+            values: list[object] = []
+            for path in paths:
+                value = path.get(record)
+                if isinstance(value, list):
+                    values.extend(v for v in value if v is not None)
+                elif value is not None:
+                    values.append(value)
+            if values:
+                raw[key] = values[0] if len(values) == 1 else values
+            continue
+        source = record.get(run.parent[0]) if run.parent else record
+        if source is None:
+            continue
+        for key, leaf in run.fields:
+            value = source.get(leaf)
             if value is None:
                 continue
-            if not isinstance(value, list):
+            if type(value) is list:
+                items = [v for v in value if v is not None]
+                if items:
+                    raw[key] = items[0] if len(items) == 1 else items
+            else:
                 raw[key] = value
-                continue
-        values: list[object] = []
-        for path in paths:
-            value = path.get(record)
-            if isinstance(value, list):
-                values.extend(v for v in value if v is not None)
-            elif value is not None:
-                values.append(value)
-        if values:
-            raw[key] = values[0] if len(values) == 1 else values
     return raw
 
 
@@ -799,9 +847,8 @@ def _custom_data(parts: _Parts, record: Mapping[str, Any]) -> dict[str, Any]:
             value = str(value)  # Meta types these as strings; an order number may be a long
         data[key] = value
     data.update(parts.constants)
-    places = currency_minor_units(data.get("currency") if isinstance(data.get("currency"), str) else None)
-    if parts.contents is not None:
-        _add_contents(data, parts.contents, record, places)
+    currency = data.get("currency")
+    places = currency_minor_units(currency if isinstance(currency, str) else None)
     out: dict[str, Any] = {}
     for k, v in data.items():
         if k in _MONEY_KEYS:
@@ -810,6 +857,9 @@ def _custom_data(parts: _Parts, record: Mapping[str, Any]) -> dict[str, Any]:
             out[k] = v
         else:
             out[k] = _json_value(v)
+    if parts.contents is not None:
+        # Added after the conversion above: the entries are built JSON-ready.
+        _add_contents(out, parts.contents, record, places)
     return out
 
 

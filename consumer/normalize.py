@@ -402,7 +402,7 @@ class Normalizer:
     lie in the future.
     """
 
-    __slots__ = ("_clock", "_compute", "_hash_external_id", "_phone_default")
+    __slots__ = ("_clock", "_compute", "_hash_external_id", "_phone_default", "_today_at")
 
     def __init__(
         self,
@@ -420,6 +420,7 @@ class Normalizer:
             self._phone_default = code.upper()
         self._hash_external_id = hash_external_id
         self._clock = clock
+        self._today_at: tuple[int, dt.date] = (-1, dt.date.min)
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
         compute: Callable[[str, object, str | None], Normalized | Omission] = self._uncached
@@ -545,10 +546,19 @@ class Normalizer:
             return Omission(field, MD5_NOT_ACCEPTED)
         return Normalized(field, normalized, sha256_hex(normalized))
 
+    def _today(self) -> dt.date:
+        """Today's date in the earliest time zone (see _EARLIEST_UTC_OFFSET), worked out once per
+        clock second: every record with a birthday asks."""
+        second = int(self._clock())
+        if self._today_at[0] != second:
+            today = (dt.datetime.fromtimestamp(second, dt.UTC) + _EARLIEST_UTC_OFFSET).date()
+            self._today_at = (second, today)
+        return self._today_at[1]
+
     def _apply_rule(self, field: str, value: str | dt.date, hint: str | None) -> str | _Fail:
         """The field rule applied to trimmed NFC text (or a date for `db`): normalized text or a failure."""
         if field == "db":
-            today = (dt.datetime.fromtimestamp(self._clock(), dt.UTC) + _EARLIEST_UTC_OFFSET).date()
+            today = self._today()
             return _birth_date(value, today)
         text = str(value)
         if field == "em":

@@ -173,21 +173,28 @@ def validate_event(event: Mapping[str, Any], *, now: float, normalized: bool = F
 
 def _check_shape(event: Mapping[str, Any]) -> Rejection | None:
     for name in REQUIRED_FIELDS:
-        if event.get(name) is None or event.get(name) == "":
+        value = event.get(name)
+        if value is None or value == "":
             return Rejection(MISSING_FIELD, name)
     if not isinstance(event["event_name"], str):
         return Rejection(INVALID_FIELD_TYPE, "event_name")
     event_time = event["event_time"]
     if isinstance(event_time, bool) or not isinstance(event_time, int):
         return Rejection(INVALID_FIELD_TYPE, "event_time")
-    if not isinstance(event["user_data"], Mapping):
+    if not _is_mapping(event["user_data"]):
         return Rejection(INVALID_FIELD_TYPE, "user_data")
-    if event.get("custom_data") is not None and not isinstance(event["custom_data"], Mapping):
+    custom_data = event.get("custom_data")
+    if custom_data is not None and not _is_mapping(custom_data):
         return Rejection(INVALID_FIELD_TYPE, "custom_data")
     action_source = event["action_source"]
     if not isinstance(action_source, str) or action_source not in ACTION_SOURCES:
         return Rejection(INVALID_ACTION_SOURCE, "action_source")
     return None
+
+
+def _is_mapping(value: object) -> bool:
+    # A dict (the common case) without the ABC check's cost.
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 def _check_time(event: Mapping[str, Any], now: float) -> Rejection | None:
