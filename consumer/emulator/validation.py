@@ -154,19 +154,21 @@ def _check_user_data(index: int, user_data: dict[str, Any], config: EmulatorConf
             continue
         present.add(key)
         if key in HASHED_KEYS:
-            values = value if isinstance(value, list) else [value]
-            for pos, item in enumerate(values):
+            is_list = isinstance(value, list)
+            for pos, item in enumerate(value if is_list else (value,)):
+                if isinstance(item, str) and (not config.strict_hashing or _SHA256_HEX.fullmatch(item)):
+                    continue
+                # The path is only spelled out for an error: this loop runs for every hashed value.
                 path = (
                     json_path("data", index, "user_data", key, pos)
-                    if isinstance(value, list)
+                    if is_list
                     else json_path("data", index, "user_data", key)
                 )
                 if not isinstance(item, str):
                     return errors.parameter_error(path, "must be a string or an array of strings.")
-                if config.strict_hashing and not _SHA256_HEX.fullmatch(item):
-                    return errors.parameter_error(
-                        path, "must be a SHA-256 hash (64 lowercase hexadecimal characters)."
-                    )
+                return errors.parameter_error(
+                    path, "must be a SHA-256 hash (64 lowercase hexadecimal characters)."
+                )
         elif key in ("client_ip_address", "client_user_agent", "fbc", "fbp") and not isinstance(value, str):
             return errors.parameter_error(json_path("data", index, "user_data", key), "must be a string.")
     if any(present <= combo for combo in _BASELINE_COMBOS):
