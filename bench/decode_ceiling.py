@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from bench.worker_common import StopFlag, WireDecoder, announce_first, fail
+from bench.worker_common import Records, StopFlag, WireDecoder
 
 COMMIT_INTERVAL_MS = 200
 
@@ -42,20 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     consumer.subscribe(args.topics.split(","))
-    first = True
+    records = Records()
     decoded = 0
     try:
         while not stop.stopped:
             done: dict[tuple[str, int], int] = {}
-            for msg in consumer.consume(num_messages=1000, timeout=0.1):
-                err = msg.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        fail(f"kafka error: {err.str()}")
-                    continue
-                if first:
-                    announce_first(msg)
-                    first = False
+            for msg in records(consumer.consume(num_messages=1000, timeout=0.1)):
                 value = msg.value()
                 if value is not None:
                     decoder.decode(value)

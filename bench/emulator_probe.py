@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -27,8 +26,8 @@ import orjson
 from aiohttp import web
 
 from consumer.emulator.app import _decode_data, _read_params, create_app
+from consumer.emulator.cli import serve
 from consumer.emulator.config import EmulatorConfig
-from consumer.emulator.server import base_url, start_site
 
 
 @dataclass
@@ -83,26 +82,12 @@ def create_probe_app(config: EmulatorConfig | None = None) -> web.Application:
     return app
 
 
-async def _serve(host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    runner, bound = await start_site(create_probe_app(), host, port)
-    try:
-        sys.stdout.write(orjson.dumps({"capi_base_url": base_url(host, bound)}).decode() + "\n")
-        sys.stdout.flush()
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.host, args.port))
+    asyncio.run(serve(create_probe_app(), args.host, args.port))
     return 0
 
 

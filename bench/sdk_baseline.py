@@ -22,7 +22,7 @@ import sys
 from typing import Any
 
 import pycountry
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from facebook_business.adobjects.serverside.action_source import ActionSource
 from facebook_business.adobjects.serverside.content import Content
 from facebook_business.adobjects.serverside.custom_data import CustomData
@@ -32,7 +32,7 @@ from facebook_business.adobjects.serverside.gender import Gender
 from facebook_business.adobjects.serverside.user_data import UserData
 from facebook_business.api import FacebookAdsApi
 
-from bench.worker_common import StopFlag, WireDecoder, announce_first, fail
+from bench.worker_common import Records, StopFlag, WireDecoder
 from bench.workload import PIXEL, TOKEN
 
 EVENTS_PER_REQUEST = 1000
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     consumer.subscribe(args.topics.split(","))
     batch: list[Event] = []
     offsets: dict[tuple[str, int], int] = {}
-    first = True
+    records = Records()
 
     def send() -> None:
         EventRequest(events=batch, pixel_id=PIXEL).execute()  # raises FacebookRequestError
@@ -145,15 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while not stop.stopped:
             messages: list[Message] = consumer.consume(num_messages=EVENTS_PER_REQUEST, timeout=0.1)
-            for msg in messages:
-                err = msg.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        fail(f"kafka error: {err.str()}")
-                    continue
-                if first:
-                    announce_first(msg)
-                    first = False
+            for msg in records(messages):
                 value = msg.value()
                 if value is not None:
                     batch.append(to_event(decoder.decode(value)))

@@ -7,10 +7,11 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import fastavro
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, Message
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 
@@ -47,6 +48,26 @@ class StopFlag:
 def announce_first(msg: Message) -> None:
     """One JSON line on stdout when the first record arrives: the harness's start of the clock."""
     print(json.dumps({"first_consumed": time.time(), "partition": msg.partition()}), flush=True)
+
+
+class Records:
+    """The records among consumed messages: partition EOFs skipped, any other Kafka error fatal, and
+    the first record announced (`announce_first`)."""
+
+    def __init__(self) -> None:
+        self._first = True
+
+    def __call__(self, messages: list[Message]) -> Iterator[Message]:
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    fail(f"kafka error: {err.str()}")
+                continue
+            if self._first:
+                announce_first(msg)
+                self._first = False
+            yield msg
 
 
 def fail(message: str) -> None:

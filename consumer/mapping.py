@@ -141,10 +141,8 @@ _QUANTA = {places: Decimal(1).scaleb(-places) for places in range(5)}
 
 def _money(value: Any, places: int) -> Any:
     """A monetary amount as a JSON number rounded to the currency's minor units (half up)."""
-    if type(value) is Decimal:
-        return _round_decimal(value, places)
     if isinstance(value, Decimal):
-        return _round_decimal(Decimal(value), places)
+        return _round_decimal(value, places)
     if isinstance(value, float):
         return round(value, places)
     return value

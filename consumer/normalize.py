@@ -456,21 +456,16 @@ class Normalizer:
                 break
         out: dict[str, str | list[str]] = {}
         omitted: list[Omission] = []
-        compute = self._compute
         for field, raw_value in raw.items():
             if raw_value is None:
                 continue
             if type(raw_value) is str:
-                # One text value (the common case): what the general path below does for a 1-element
-                # list, with _normalize's steps for a str inlined (this loop runs ~15 times an event).
-                if field in _UNCACHED:
-                    result = self._uncached(field, raw_value, None)
-                else:
-                    result = compute(field, raw_value, hint if field in _HINTED else None)
-                if type(result) is Omission:
+                # One text value (the common case): what the general path below does for a 1-element list.
+                result = self._normalize(field, raw_value, hint)
+                if isinstance(result, Omission):
                     omitted.append(result)
                 else:
-                    out[field] = result.value  # type: ignore[union-attr]
+                    out[field] = result.value
                 continue
             sent: list[str] = []
             for value in _values(raw_value):

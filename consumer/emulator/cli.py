@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 import orjson
+from aiohttp import web
 from pydantic import ValidationError
 
 from consumer.emulator.app import create_app
@@ -30,12 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
+async def serve(app: web.Application, host: str, port: int) -> None:
+    """Serve `app`, print `{"capi_base_url": ...}` on stdout once listening, run until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner, bound = await start_site(create_app(config), host, port)
+    runner, bound = await start_site(app, host, port)
     try:
         sys.stdout.write(orjson.dumps({"capi_base_url": base_url(host, bound)}).decode() + "\n")
         sys.stdout.flush()
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"capi-emulator: bad config {args.config}: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(config, args.host, args.port))
+        asyncio.run(serve(create_app(config), args.host, args.port))
     except OSError as exc:
         print(f"capi-emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
