@@ -84,11 +84,14 @@ def build_pipeline(
     dlq_topics = {name: topic.dlq_topic for name, topic in config.topics.items()}
     consumer_conf = config.consumer_properties()
     topics = list(config.topics)
+    group = config.kafka.group_id
     if replay is not None:
-        consumer_conf["group.id"] = f"{config.kafka.group_id}-replay"
+        group = consumer_conf["group.id"] = f"{config.kafka.group_id}-replay"
         topics = replay.topics
+    # Replay reads each dead-letter partition only up to its end at start-up (never its own copies).
+    ends = {key: high for key, (_start, high) in replay.ends.items()} if replay is not None else None
     parts = PipelineParts(
-        source=KafkaSource(consumer_conf, topics, ledger),
+        source=KafkaSource(consumer_conf, topics, ledger, end_offsets=ends),
         ledger=ledger,
         decoder=build_decoder(config),
         mapper=mapper,
@@ -100,7 +103,7 @@ def build_pipeline(
         ),
         dlq=DeadLetterWriter(
             config.producer_properties(),
-            group_id=config.kafka.group_id,
+            group_id=group,
             topic_for=lambda topic: dlq_topics.get(topic, topic + ".dlq"),
             write_timeout_s=config.dlq.write_timeout_s,
         ),

@@ -13,7 +13,8 @@ all UTF-8 strings (like Kafka Connect's `__connect.errors.*`, readable by any to
 | `capi.dlq.error.class` | transient, permanent or destination |
 | `capi.dlq.error.message` | short PII-free description |
 | `capi.dlq.graph.code` / `.subcode` / `.fbtrace_id` | the Graph API error, when Meta rejected it |
-| `capi.dlq.attempts` | delivery attempts so far (+1 on every replay that fails again) |
+| `capi.dlq.attempts` | 1 when first dead-lettered, +1 on every replay that fails again |
+| `capi.dlq.delivery.requests` | requests to Meta this event was part of in the run that failed it |
 | `capi.dlq.first.failure.time` | epoch ms of the first failure (kept across replays) |
 | `capi.dlq.failure.time` | epoch ms of this failure (what `replay --since/--until` filter on) |
 
@@ -43,13 +44,14 @@ def dlq_headers(
     failure: Failure,
     *,
     group_id: str,
-    attempts: int,
+    requests: int,
     now_ms: int,
 ) -> list[tuple[str, bytes]]:
     """The original headers (minus earlier dead-letter context) plus this failure's context."""
     previous = {k: v for k, v in (origin.headers or []) if k.startswith(HEADER_PREFIX)}
     first_failure = previous.get(HEADER_PREFIX + "first.failure.time", str(now_ms).encode())
-    prior_attempts = _int(previous.get(HEADER_PREFIX + "attempts"))
+    # Each run that fails the record counts once, however many requests bisection and retries made.
+    attempts = _int(previous.get(HEADER_PREFIX + "attempts")) + 1
     # A replayed record keeps its first origin: that is where the event was produced.
     keep_origin = HEADER_PREFIX + "origin.topic" in previous
     headers = [(k, v) for k, v in (origin.headers or []) if not k.startswith(HEADER_PREFIX)]
@@ -70,7 +72,8 @@ def dlq_headers(
         "graph.code": None if failure.graph_code is None else str(failure.graph_code),
         "graph.subcode": None if failure.graph_subcode is None else str(failure.graph_subcode),
         "graph.fbtrace_id": failure.fbtrace_id,
-        "attempts": str(prior_attempts + max(attempts, 1)),
+        "attempts": str(attempts),
+        "delivery.requests": str(requests) if requests else None,
         "first.failure.time": first_failure,
         "failure.time": str(now_ms),
     }
@@ -126,7 +129,7 @@ class DeadLetterWriter:
         origin: Origin,
         failure: Failure,
         *,
-        attempts: int,
+        requests: int,
         dlq_for: str | None = None,
         on_done: Callable[[KafkaError | None], None],
     ) -> str:
@@ -134,7 +137,7 @@ class DeadLetterWriter:
         `on_done(None)` once Kafka acknowledged it, `on_done(error)` if it was refused."""
         topic = self._topic_for(dlq_for or origin.topic)
         headers = dlq_headers(
-            origin, failure, group_id=self._group, attempts=attempts, now_ms=self._clock_ms()
+            origin, failure, group_id=self._group, requests=requests, now_ms=self._clock_ms()
         )
 
         def report(err: KafkaError | None, msg: Message) -> None:

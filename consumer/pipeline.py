@@ -249,7 +249,7 @@ class Pipeline(DeliveryHooks):
                 # The registry is down: stop rather than dead-letter everything (rule 9).
                 self._fatal = exc
                 return
-            self._fail(origin, exc.failure, ticket, attempts=0)
+            self._fail(origin, exc.failure, ticket, requests=0)
             return
         self._route(topic, record, origin, ticket)
 
@@ -265,7 +265,7 @@ class Pipeline(DeliveryHooks):
             stage = Stage(result.stage)
             p.metrics.events_rejected.labels(str(stage), result.reason).inc()
             self._fail(
-                origin, Failure(stage, result.reason, ErrorClass.PERMANENT, result.detail), ticket, attempts=0
+                origin, Failure(stage, result.reason, ErrorClass.PERMANENT, result.detail), ticket, requests=0
             )
             return
         for omission in result.omitted:
@@ -321,7 +321,7 @@ class Pipeline(DeliveryHooks):
                     latency.observe(max(0.0, accepted_at - event.record_timestamp_ms / 1000))
                 self._settle(event.ticket, failed=False)
             else:
-                self._fail(event.origin, failure, event.ticket, attempts=event.attempts)
+                self._fail(event.origin, failure, event.ticket, requests=event.attempts)
         # Counters once per batch and label set rather than per event.
         for name, n in names.items():
             p.metrics.events_accepted.labels(destination.pixel_id, name).inc(n)
@@ -380,7 +380,7 @@ class Pipeline(DeliveryHooks):
         self.p.metrics.destinations_parked.set(len(self.parked))
 
     # -- failures
-    def _fail(self, origin: Origin, failure: Failure, ticket: Ticket, *, attempts: int) -> None:
+    def _fail(self, origin: Origin, failure: Failure, ticket: Ticket, *, requests: int) -> None:
         """A record that cannot be delivered: skip it (replay's expired events) or dead-letter it."""
         p = self.p
         if failure.reason in p.skip_reasons:
@@ -396,14 +396,14 @@ class Pipeline(DeliveryHooks):
                     f"({failure.stage}/{failure.reason})"
                 )
             return
-        self._dead_letter(origin, failure, ticket, attempts=attempts)
+        self._dead_letter(origin, failure, ticket, requests=requests)
 
     def _guard_tripped(self, guard: DeadLetterGuard) -> bool:
         total, failed = self._recent.counts(time.monotonic())
         total += 1
         return total >= guard.min_events and (failed + 1) / total > guard.max_ratio
 
-    def _dead_letter(self, origin: Origin, failure: Failure, ticket: Ticket, *, attempts: int) -> None:
+    def _dead_letter(self, origin: Origin, failure: Failure, ticket: Ticket, *, requests: int) -> None:
         p = self.p
 
         def done(err: KafkaError | None) -> None:
@@ -440,7 +440,7 @@ class Pipeline(DeliveryHooks):
             },
         )
         routed = p.route(origin) if p.route is not None else origin.topic
-        topic = p.dlq.send(origin, failure, attempts=attempts, dlq_for=routed, on_done=done)
+        topic = p.dlq.send(origin, failure, requests=requests, dlq_for=routed, on_done=done)
 
     # -- backpressure, lag
     def _apply_pauses(self) -> None:

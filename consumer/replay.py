@@ -1,12 +1,14 @@
 """Replay: send dead-lettered records again through the same pipeline, once their cause is fixed.
 
 A replay reads dead-letter topics with its own consumer group (`<kafka.group_id>-replay`) up to their
-end at start-up, decodes and maps the original bytes with the *current* schemas and mapping (routed by
-the `capi.dlq.origin.topic` header), and delivers them like the service does. Events past Meta's window
-are reported as expired and skipped (their offsets are committed: they can never be sent); events that
-fail again go back to the dead-letter topic with `attempts + 1`; records outside the
-`--since/--until/--reason` filters are skipped too, so a later replay with other filters needs
-`--from-beginning`. A dry run prints what would be sent and commits nothing.
+end at start-up and no further (the bounded `KafkaSource`: its own re-dead-lettered copies and the
+live consumer's new failures wait for the next replay). It decodes and maps the original bytes with
+the *current* schemas and mapping (routed by the `capi.dlq.origin.topic` header) and delivers them
+like the service does. Events past Meta's window are reported as expired and skipped (their offsets
+are committed: they can never be sent); events that fail again go back to the dead-letter topic once
+per run with `attempts + 1`; records outside the `--since/--until/--reason` filters are skipped too,
+so a later replay with other filters needs `--from-beginning`. A dry run prints what would be sent
+and commits nothing.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ Rebalancing is incremental (cooperative-sticky by default, or KIP-848 with group
 On revoke, the revoked partitions' settled watermark is committed and their unsettled records are
 abandoned: the next owner re-reads them, and Meta deduplicates the resends because the order ID is
 the event_id. On lost, nothing is committed.
+
+A bounded source (`end_offsets`, what replay reads) hands out only the records below each partition's
+end offset: a record at or past it is dropped untracked and its partition stays paused, so nothing
+appended after the end was taken (its own re-dead-lettered copies, the live consumer's new failures)
+is processed or committed; the next replay reads it.
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ class KafkaSource:
         ledger: OffsetLedger,
         *,
         on_partitions_changed: Callable[[], None] | None = None,
+        end_offsets: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
+        """`end_offsets`: read each partition only below this offset (a partition not named: none of it)."""
         check_safe(conf)
         # librdkafka's own log lines go through logging, so they come out as structured JSON too.
         self._consumer = Consumer(dict(conf), logger=logging.getLogger("librdkafka.consumer"))
@@ -61,6 +68,9 @@ class KafkaSource:
         self._on_changed = on_partitions_changed
         self.assigned: set[tuple[str, int]] = set()
         self.fatal_error: KafkaError | None = None
+        self._ends = dict(end_offsets) if end_offsets is not None else None
+        self.at_end: set[tuple[str, int]] = set()
+        """Partitions of a bounded source that reached their end offset (kept paused)."""
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -73,7 +83,11 @@ class KafkaSource:
             self._ledger.assign((tp.topic, tp.partition))
             self.assigned.add((tp.topic, tp.partition))
         # Partitions that arrive while we hold back their topic must start paused too.
-        hold = [tp for tp in partitions if self._pause_all or tp.topic in self._pause_topics]
+        hold = [
+            tp
+            for tp in partitions
+            if self._pause_all or tp.topic in self._pause_topics or (tp.topic, tp.partition) in self.at_end
+        ]
         if hold:
             consumer.pause(hold)
             self.paused_partitions.update((tp.topic, tp.partition) for tp in hold)
@@ -121,9 +135,12 @@ class KafkaSource:
         """Records available now (never blocks: the caller is an asyncio loop)."""
         messages: list[Message] = self._consumer.consume(num_messages=max_records, timeout=0)
         records = []
+        ends = self._ends
         for msg in messages:
             err = msg.error()
             if err is None:
+                if ends is not None and not self._below_end(msg, ends):
+                    continue
                 records.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
@@ -132,6 +149,19 @@ class KafkaSource:
             else:
                 log.warning("kafka consumer error", extra={"error": err.str(), "code": err.code()})
         return records
+
+    def _below_end(self, msg: Message, ends: Mapping[tuple[str, int], int]) -> bool:
+        """False (and the partition held paused from now on) for a record at or past its end offset."""
+        key = (msg.topic() or "", msg.partition() or 0)
+        offset = msg.offset()
+        if offset is not None and offset < ends.get(key, 0):
+            return True
+        if key not in self.at_end:
+            self.at_end.add(key)
+            if key in self.assigned and key not in self.paused_partitions:
+                self._consumer.pause([TopicPartition(*key)])
+                self.paused_partitions.add(key)
+        return False
 
     def store_settled(self) -> int:
         """Store the committable offset of every partition whose watermark moved; returns how many."""
@@ -150,7 +180,7 @@ class KafkaSource:
     def apply_pauses(self, *, all_topics: bool, topics: set[str]) -> None:
         """Pause every assigned partition (backpressure) or those of `topics` (a destination that is
         retrying or parked); resume the rest. Polling continues either way."""
-        desired = {tp for tp in self.assigned if all_topics or tp[0] in topics}
+        desired = {tp for tp in self.assigned if all_topics or tp[0] in topics or tp in self.at_end}
         to_pause = desired - self.paused_partitions
         to_resume = self.paused_partitions - desired
         if to_pause:

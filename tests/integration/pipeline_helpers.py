@@ -90,6 +90,7 @@ def produce_raw(stack: Endpoints, topic: str, values: Iterable[bytes]) -> None:
     for value in values:
         producer.produce(topic, value=value)
     assert producer.flush(30) == 0
+    del producer  # close its connections now, not when the broker is already gone
 
 
 def avro_roundtrip(kind: str, record: dict[str, Any]) -> dict[str, Any]:
