@@ -6,11 +6,15 @@ export CAPI_CACHE_DIR ?= $(CURDIR)/.cache
 
 .PHONY: venv lint typecheck unit test demo bench clean
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+# The service (root pyproject.toml) and its developer tooling (tools/: emulator, dev stack, demo), both
+# editable; the service's own wheel holds neither of the tools. The tools go second: re-installing an
+# older capi-consumer, whose wheel still had the capi-emulator/capi-devstack scripts, removes them.
+$(BIN)/.installed: pyproject.toml tools/pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e ./tools
 	touch $@
 
 venv: $(BIN)/.installed
@@ -26,7 +30,7 @@ test: lint typecheck
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
 
 demo: venv
-	$(BIN)/python -m consumer.demo $(ARGS)
+	$(BIN)/python -m capi_devstack.demo $(ARGS)
 
 bench: venv
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from consumer.emulator.app import _decode_data, _read_params, create_app
-from consumer.emulator.cli import serve
-from consumer.emulator.config import EmulatorConfig
+from capi_emulator import EmulatorConfig, create_app, posted_events
+from capi_emulator.cli import serve
 
 
 @dataclass
@@ -49,12 +48,9 @@ async def probe_middleware(request: web.Request, handler: Handler) -> web.Stream
     if probe.on and request.method == "POST" and response.status == 200 and request.path.endswith("/events"):
         accepted_at = time.time()
         # The handler already read the body; aiohttp caches it, so this only re-parses it.
-        params, _ = await _read_params(request)
-        data = _decode_data(params.get("data"))
-        if isinstance(data, list):
-            for event in data:
-                if isinstance(event, dict):
-                    probe.receipts.append((str(event.get("event_id")), accepted_at))
+        for event in await posted_events(request):
+            if isinstance(event, dict):
+                probe.receipts.append((str(event.get("event_id")), accepted_at))
     return response
 
 

@@ -1,6 +1,6 @@
 """How many events/s the CAPI emulator accepts on one core (it must never bound a benchmark).
 
-Starts `python -m consumer.emulator.cli` as a separate process (one event loop = one core), posts
+Starts `python -m capi_emulator.cli` as a separate process (one event loop = one core), posts
 JSON batches of valid, unique events for a few seconds from this process and reports accepted
 events per second as seen by the client and by the emulator's own /_emulator/stats.
 
@@ -102,7 +102,7 @@ def main() -> int:
         cfg = Path(tmp) / "emulator.json"
         cfg.write_text(json.dumps({"store_events": not args.no_store}))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "consumer.emulator.cli", "--port", "0", "--config", str(cfg)],
+            [sys.executable, "-m", "capi_emulator.cli", "--port", "0", "--config", str(cfg)],
             stdout=subprocess.PIPE,
             text=True,
         )

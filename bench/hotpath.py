@@ -1,9 +1,9 @@
 """The consumer's per-record CPU cost without Kafka or HTTP: decode -> map (normalize, validate) -> JSON.
 
-It runs, in one process and one thread, what `consumer.pipeline.Pipeline._handle`/`_route` do for
+It runs, in one process and one thread, what `consumer.pipeline.Pipeline._handle`/`_enqueue` do for
 each record (Origin, ledger ticket, metrics counters, decode, map, orjson, PendingEvent, batcher), so
 a profile of it is a profile of the consumer's hot path on a quiet core. Used to find and measure
-the optimisations listed in the README's Performance section.
+the optimisations listed in docs/performance.md ("Optimisations").
 
     .venv/bin/python -m bench.hotpath --records 20000 [--stage all|decode|map] [--profile out.html]
 """
@@ -95,7 +95,7 @@ def build(records: int) -> tuple[list[bytes], Callable[[str], int]]:
                 event_time=int(event["event_time"]),
                 action_source=str(event.get("action_source", "")),
                 ticket=ticket,
-                origin=None,  # type: ignore[arg-type]
+                origin=None,  # type: ignore[arg-type]  # no Kafka record here; nothing reads it
                 record_timestamp_ms=None,
                 user_data_keys=tuple(event["user_data"]),
             )

@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from bench import procstat
@@ -57,8 +57,8 @@ from bench.workload import (
     orders,
     wire_format,
 )
-from consumer.devstack import DevStack, StackOptions
-from consumer.devstack.processes import ManagedProcess, free_port
+from capi_devstack import DevStack, StackOptions
+from capi_devstack.processes import ManagedProcess, free_port
 
 PARTITIONS = 8
 RESULTS = REPO / "bench" / "results"

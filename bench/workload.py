@@ -15,7 +15,7 @@ from typing import Any
 
 import fastavro
 
-from consumer import samples
+from capi_devstack import samples
 
 REPO = Path(__file__).resolve().parents[1]
 ORDER_SCHEMA_PATH = REPO / "schemas" / "order_event.avsc"
@@ -28,7 +28,7 @@ def order_schema() -> Any:
 
 
 def orders(n: int, *, now_ms: int, start: int = 0, seed: int = 2026) -> Iterator[dict[str, Any]]:
-    """`n` canonical `placed` orders with three line items and the varied PII of `consumer.samples`.
+    """`n` canonical `placed` orders with three line items and the varied PII of `capi_devstack.samples`.
 
     Customers repeat (5,000 distinct e-mails), phones are random per order, a third of the orders have
     no birthday, a quarter no web context: the normalization cache sees a realistic mix of hits and misses.

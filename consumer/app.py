@@ -7,36 +7,24 @@ import gc
 import logging
 import signal
 import time
-from dataclasses import dataclass
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from consumer import health
 from consumer.batch import Batcher
-from consumer.config import AppConfig
+from consumer.config import DLQ_SUFFIX, AppConfig
 from consumer.decode import Decoder, parse_schema
-from consumer.deliver import Destination, GraphClient, RetryPolicy
-from consumer.dlq import DeadLetterWriter
+from consumer.deliver import Deliverer, Destination, GraphClient, RetryPolicy
+from consumer.dlq import DeadLetterGuard, DeadLetterWriter, GuardLimits
 from consumer.dlq_monitor import DeadLetterMonitor
 from consumer.mapping import Mapper
 from consumer.metrics import Metrics
-from consumer.normalize import Normalizer
 from consumer.offsets import OffsetLedger
-from consumer.pipeline import DeadLetterGuard, Pipeline, PipelineParts
-from consumer.replay import EXPIRED_REASONS, FILTERED_OUT, ReplayFilter, router
+from consumer.pipeline import Pipeline, PipelineParts
+from consumer.replay import LIVE, ReplayPolicy
 from consumer.source import KafkaSource
 
 log = logging.getLogger(__name__)
-
-
-def build_mapper(config: AppConfig) -> Mapper:
-    """The mapper, checked against every topic's reader schema (raises ConfigError on a bad path)."""
-    normalizer = Normalizer(
-        default_phone_region=config.normalization.default_phone_region,
-        hash_external_id=config.normalization.hash_external_id,
-        cache_size=config.normalization.cache_size,
-    )
-    return Mapper(config, config.reader_schemas(), normalizer)
 
 
 def build_destinations(config: AppConfig) -> dict[str, Destination]:
@@ -67,34 +55,39 @@ def build_decoder(config: AppConfig) -> Decoder:
     return Decoder(readers, registry=registry, writer_schemas=writers)
 
 
-@dataclass(frozen=True)
-class ReplayPlan:
-    """What a live replay reads and how it treats records (see consumer.replay)."""
-
-    topics: list[str]
-    ends: dict[tuple[str, int], tuple[int, int]]
-    filter: ReplayFilter
+def build_client(config: AppConfig) -> GraphClient:
+    return GraphClient(
+        base_url=config.capi.base_url,
+        api_version=config.capi.api_version,
+        timeout_s=config.capi.timeout_s,
+        max_requests_in_flight=config.capi.max_requests_in_flight,
+    )
 
 
 def build_pipeline(
-    config: AppConfig, metrics: Metrics, mapper: Mapper | None = None, *, replay: ReplayPlan | None = None
+    config: AppConfig,
+    metrics: Metrics,
+    client: GraphClient,
+    mapper: Mapper | None = None,
+    *,
+    replay: ReplayPolicy | None = None,
 ) -> Pipeline:
+    """The live pipeline, or with `replay` the one that reads the dead-letter topics."""
     ledger = OffsetLedger()
-    mapper = mapper or build_mapper(config)
-    dlq_topics = {name: topic.dlq_topic for name, topic in config.topics.items()}
     consumer_conf = config.consumer_properties()
-    topics = list(config.topics)
     group = config.kafka.group_id
+    topics = list(config.topics)
+    dlq_topics = {name: topic.dlq_topic for name, topic in config.topics.items()}
     if replay is not None:
-        group = consumer_conf["group.id"] = f"{config.kafka.group_id}-replay"
-        topics = replay.topics
-    # Replay reads each dead-letter partition only up to its end at start-up (never its own copies).
-    ends = {key: high for key, (_start, high) in replay.ends.items()} if replay is not None else None
+        group = consumer_conf["group.id"] = config.replay_group_id
+        topics = sorted({t for t, _p in replay.end_offsets})
     parts = PipelineParts(
-        source=KafkaSource(consumer_conf, topics, ledger, end_offsets=ends),
+        source=KafkaSource(
+            consumer_conf, topics, ledger, end_offsets=replay.end_offsets if replay is not None else None
+        ),
         ledger=ledger,
         decoder=build_decoder(config),
-        mapper=mapper,
+        mapper=mapper or Mapper.from_config(config),
         batcher=Batcher(
             max_events=config.batching.max_events,
             max_bytes=config.batching.max_bytes,
@@ -104,66 +97,46 @@ def build_pipeline(
         dlq=DeadLetterWriter(
             config.producer_properties(),
             group_id=group,
-            topic_for=lambda topic: dlq_topics.get(topic, topic + ".dlq"),
+            topic_for=lambda topic: dlq_topics.get(topic, topic + DLQ_SUFFIX),
             write_timeout_s=config.dlq.write_timeout_s,
+        ),
+        deliverer=Deliverer(
+            client,
+            metrics,
+            policy=RetryPolicy(
+                base_s=config.capi.retry_initial_backoff_s,
+                cap_s=config.capi.retry_max_backoff_s,
+                destination_base_s=config.capi.parked_retry_initial_backoff_s,
+                destination_cap_s=config.capi.parked_retry_max_backoff_s,
+                parked_dead_letter_after_s=config.dlq.parked_dead_letter_after_s,
+            ),
         ),
         destinations=build_destinations(config),
         destination_topics={
             name: {t for t, topic in config.topics.items() if topic.destination == name}
             for name in config.destinations
         },
-        client=GraphClient(
-            base_url=config.capi.base_url,
-            api_version=config.capi.api_version,
-            timeout_s=config.capi.timeout_s,
-            max_requests_in_flight=config.capi.max_requests_in_flight,
-        ),
         metrics=metrics,
         max_in_flight_events=config.limits.max_in_flight_events,
         max_in_flight_bytes=config.limits.max_in_flight_bytes,
         drain_deadline_s=config.shutdown.drain_deadline_s,
-        retry_policy=RetryPolicy(
-            base_s=config.capi.retry_initial_backoff_s,
-            cap_s=config.capi.retry_max_backoff_s,
-            destination_base_s=config.capi.parked_retry_initial_backoff_s,
-            destination_cap_s=config.capi.parked_retry_max_backoff_s,
-            parked_dead_letter_after_s=config.dlq.parked_dead_letter_after_s,
-        ),
-        guard=DeadLetterGuard(config.dlq.max_ratio, config.dlq.window_s, config.dlq.min_events),
+        guard=DeadLetterGuard(GuardLimits(config.dlq.max_ratio, config.dlq.window_s, config.dlq.min_events)),
+        policy=replay or LIVE,
     )
-    if replay is not None:
-        # Records in the DLQ are already failures: sending one back is no drain, so no guard.
-        parts.guard = None
-        parts.route = router(config)
-        parts.skip_reasons = EXPIRED_REASONS
-        flt = replay.filter
-        parts.skip = lambda origin: FILTERED_OUT if flt.rejects(origin) else None
-        pending = {key: high for key, (low, high) in replay.ends.items() if high > low}
-        parts.finished = lambda pipeline: replay_finished(pipeline, pending)
     return Pipeline(parts)
-
-
-def replay_finished(pipeline: Pipeline, ends: dict[tuple[str, int], int]) -> bool:
-    """Every dead-letter partition read up to its end snapshot and everything read is settled."""
-    source = pipeline.p.source
-    if not set(ends) <= source.assigned:
-        return False
-    positions = source.positions()
-    if any(positions.get(key, -1) < high for key, high in ends.items()):
-        return False
-    return pipeline.p.ledger.events_in_flight == 0 and pipeline.p.batcher.open_events == 0
 
 
 class Service:
     """The pipeline plus its /metrics, /healthz, /readyz endpoint."""
 
     def __init__(
-        self, config: AppConfig, mapper: Mapper | None = None, *, replay: ReplayPlan | None = None
+        self, config: AppConfig, mapper: Mapper | None = None, *, replay: ReplayPolicy | None = None
     ) -> None:
         self.config = config
         self.replay = replay
         self.metrics = Metrics()
-        self.pipeline = build_pipeline(config, self.metrics, mapper, replay=replay)
+        self.client = build_client(config)
+        self.pipeline = build_pipeline(config, self.metrics, self.client, mapper, replay=replay)
         self.metrics_port: int | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -191,7 +164,7 @@ class Service:
             )
             monitor = asyncio.create_task(dlq_monitor.run(stop))
         try:
-            async with pipeline.p.client:
+            async with self.client:
                 await pipeline.run(stop)
         except Exception as exc:
             log.error(
@@ -219,7 +192,8 @@ def tune_gc() -> None:
     700 allocations runs a young collection every few records and a full one (which walks the
     normalization cache and everything in flight) every few thousand. The pipeline makes no reference
     cycles per record, so rarer young collections cost no memory; freezing moves the start-up objects
-    (modules, schemas, the country index) out of every later collection. See README "Performance".
+    (modules, schemas, the country index) out of every later collection. See docs/performance.md,
+    "Optimisations".
     """
     gc.freeze()
     _young, middle, old = gc.get_threshold()

@@ -9,42 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Message
-
 from consumer.offsets import Ticket
+from consumer.source import Origin
 
 # `{"data":[...]}` plus room for test_event_code / partner_agent.
 BODY_OVERHEAD_BYTES = 512
-
-
-@dataclass(slots=True)
-class Origin:
-    """The source record of an event, kept for the dead-letter topic."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] | None
-
-    @classmethod
-    def from_message(cls, msg: Message) -> Origin:
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        if topic is None or partition is None or offset is None:
-            raise ValueError("not a consumed record")
-        _kind, ts = msg.timestamp()
-        raw = msg.headers() or []
-        items = raw.items() if isinstance(raw, dict) else raw
-        headers = [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in items]
-        return cls(
-            topic, partition, offset, ts if ts > 0 else None, _as_bytes(msg.key()), msg.value(), headers
-        )
-
-
-def _as_bytes(value: str | bytes | None) -> bytes | None:
-    return value.encode() if isinstance(value, str) else value
 
 
 @dataclass(slots=True)
@@ -116,12 +85,6 @@ class Batcher:
         batches = list(self._open.values())
         self._open.clear()
         return batches
-
-    def next_deadline(self) -> float | None:
-        """Monotonic time at which the oldest open batch is due, or None."""
-        if not self._open:
-            return None
-        return min(b.opened_at for b in self._open.values()) + self.linger_s
 
     @property
     def open_events(self) -> int:

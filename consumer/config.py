@@ -39,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from consumer.canonical import CANONICAL_EVENT_TYPES, DEFAULT_EVENT_NAMES, DEFAULT_SEND_EVENT_TYPES
 from consumer.normalize import HASHED_FIELDS, UNHASHED_FIELDS
 from consumer.validate import ACTION_SOURCES
 
@@ -98,30 +99,6 @@ USER_DATA_KEYS: tuple[str, ...] = HASHED_FIELDS + UNHASHED_FIELDS
 UserDataKey = Annotated[str, AfterValidator(_check_user_data_key)]
 
 TopicKind = Literal["order", "subscription", "custom"]
-
-CANONICAL_EVENT_TYPES: dict[str, tuple[str, ...]] = {
-    "order": ("placed", "completed", "refunded"),
-    "subscription": ("started", "trial_started", "renewed", "cancelled"),
-}
-"""Event types (Avro enum symbols) of the canonical schemas in `schemas/`, per topic kind."""
-
-# Purchase on `placed` is the usual choice: it is when the Pixel fires its own Purchase on the
-# confirmation page (same order ID, so Meta deduplicates), and it is what ad optimisation wants to
-# learn from. `completed` can be added (same event_id, so Meta drops it as a duplicate within 48 h) or
-# used instead for businesses that only count fulfilled orders.
-DEFAULT_SEND_EVENT_TYPES: dict[str, tuple[str, ...]] = {
-    "order": ("placed",),
-    "subscription": ("started", "trial_started", "renewed"),
-}
-DEFAULT_EVENT_NAMES: dict[str, dict[str, str]] = {
-    "order": {"placed": "Purchase", "completed": "Purchase", "refunded": "OrderRefunded"},
-    "subscription": {
-        "started": "Subscribe",
-        "trial_started": "StartTrial",
-        "renewed": "Purchase",
-        "cancelled": "SubscriptionCancelled",
-    },
-}
 
 # librdkafka keys that the typed configuration owns; setting them in a passthrough map would make the
 # typed key a lie (or break the at-least-once contract), so they are errors with a pointer.
@@ -780,13 +757,19 @@ class MetricsConfig(_Model):
     port: Annotated[int, Field(ge=0, le=65535)] = 9108
 
 
+DLQ_SUFFIX = ".dlq"
+"""A source topic's dead-letter topic is `<topic>.dlq` unless `topics.<t>.dlq_topic` names another."""
+REPLAY_GROUP_SUFFIX = "-replay"
+"""`capi-consumer replay` commits its progress as consumer group `<kafka.group_id>-replay`."""
+
+
 def _default_dlq_topics(data: Any) -> Any:
     """Fill `topics.<t>.dlq_topic` with `<t>.dlq` where it is not set (it depends on the key)."""
     if isinstance(data, dict) and isinstance(data.get("topics"), dict):
         topics = {}
         for name, topic in data["topics"].items():
             if isinstance(topic, dict) and topic.get("dlq_topic") is None:
-                topic = {**topic, "dlq_topic": f"{name}.dlq"}
+                topic = {**topic, "dlq_topic": name + DLQ_SUFFIX}
             topics[name] = topic
         data = {**data, "topics": topics}
     return data
@@ -839,6 +822,16 @@ class AppConfig(_Model):
         if problems:
             raise _Problems(problems)
         return self
+
+    @property
+    def replay_group_id(self) -> str:
+        """The consumer group of `capi-consumer replay` (and what the dead-letter monitor measures)."""
+        return self.kafka.group_id + REPLAY_GROUP_SUFFIX
+
+    @property
+    def dlq_topics(self) -> list[str]:
+        """Every configured dead-letter topic, sorted."""
+        return sorted({t.dlq_topic for t in self.topics.values()})
 
     # -- derived client settings (the one place config becomes librdkafka / registry settings) --
 

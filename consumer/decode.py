@@ -45,11 +45,6 @@ def parse_schema(schema: Mapping[str, Any] | str) -> Schema:
     return fastavro.parse_schema(raw)
 
 
-def load_schema_file(path: str) -> Schema:
-    with open(path, encoding="utf-8") as fh:
-        return parse_schema(fh.read())
-
-
 def _fail(reason: str, message: str, cls: ErrorClass = ErrorClass.PERMANENT) -> PipelineError:
     return PipelineError(Failure(Stage.DECODE, reason, cls, message))
 

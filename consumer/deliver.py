@@ -10,6 +10,9 @@
   halves until the offending events are isolated; only they fail, the rest is delivered.
 - Destination-wide errors (bad token, permissions, unknown pixel, retired version) are retried with a
   long backoff: draining the topic into the dead-letter topic would turn a config mistake into data loss.
+
+Who is retrying or parked right now, and why, is kept here (`DeliveryState`); the loop reads it to
+pause the partitions that feed a blocked destination. Delivery metrics are recorded here too.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 import orjson
 
 from consumer.batch import PendingEvent
+from consumer.clock import SYSTEM_CLOCK, Clock
 from consumer.errors import (
     DESTINATION_UNAVAILABLE,
     EVENT_EXPIRED,
@@ -35,11 +40,10 @@ from consumer.errors import (
     classify_graph_error,
     transport_error,
 )
+from consumer.metrics import Metrics
+from consumer.validate import MAX_EVENT_AGE_S, MAX_PHYSICAL_STORE_AGE_S
 
 log = logging.getLogger(__name__)
-
-MAX_AGE_S = 7 * 86400
-PHYSICAL_STORE_MAX_AGE_S = 62 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,20 +75,20 @@ class RetryPolicy:
     parked_dead_letter_after_s: float | None = None
     """Fail a parked destination's events (to the DLQ) after this long; None = wait for recovery."""
 
-    def delay(self, attempt: int, error: GraphError) -> float:
+    def delay(self, attempt: int, error: GraphError, rng: random.Random) -> float:
         """Seconds to wait before attempt `attempt + 1` (full jitter, at least Meta's hint)."""
         if error.error_class is ErrorClass.DESTINATION:
             base, cap = self.destination_base_s, self.destination_cap_s
         else:
             base, cap = self.base_s, self.cap_s
-        backoff = random.uniform(0, min(cap, base * (2**attempt)))
+        backoff = rng.uniform(0, min(cap, base * (2**attempt)))
         hint = error.retry_after_s or 0.0
         return max(backoff, hint)
 
 
 def expires_at(event: PendingEvent) -> float:
     """Unix seconds after which Meta refuses the event."""
-    window = PHYSICAL_STORE_MAX_AGE_S if event.action_source == "physical_store" else MAX_AGE_S
+    window = MAX_PHYSICAL_STORE_AGE_S if event.action_source == "physical_store" else MAX_EVENT_AGE_S
     return event.event_time + window
 
 
@@ -107,7 +111,6 @@ class GraphClient:
         self._semaphore = asyncio.Semaphore(max_requests_in_flight)
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
-        self.requests_sent = 0
 
     async def __aenter__(self) -> GraphClient:
         connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=60)
@@ -140,7 +143,6 @@ class GraphClient:
         }
         data = self.body(destination, events)
         async with self._semaphore:
-            self.requests_sent += 1
             try:
                 async with self._session.post(
                     self.url(destination.pixel_id), data=data, headers=headers
@@ -169,22 +171,47 @@ Outcome = tuple[PendingEvent, Failure | None]
 """An event and its fate: None = accepted by Meta, else why it failed permanently."""
 
 
-class DeliveryHooks:
-    """What the pipeline learns from deliveries (metrics, pausing, parking). Defaults do nothing."""
+class Sender(Protocol):
+    """What delivery needs from the Graph client (a fake in the loop's unit tests)."""
 
-    def on_send(self, destination: Destination, events: Sequence[PendingEvent]) -> None:
-        """A request with `events` is about to go out."""
+    async def post(
+        self, destination: Destination, events: Sequence[PendingEvent]
+    ) -> Accepted | GraphError: ...
 
-    def on_response(
-        self, destination: Destination, events: int, result: Accepted | GraphError, seconds: float
-    ) -> None:
-        """A request came back (or failed in transport) after `seconds`."""
 
-    def enter_backoff(self, destination: Destination, error: GraphError, delay_s: float) -> None:
-        """A batch of `destination` waits `delay_s` before retrying (transient or destination error)."""
+@dataclass
+class DeliveryState:
+    """Which destinations wait before retrying right now, and why: the loop pauses the partitions
+    that feed them; /readyz reports the parked ones."""
 
-    def leave_backoff(self, destination: Destination, error: GraphError) -> None:
-        """That wait is over."""
+    retrying: Counter[str] = field(default_factory=Counter)
+    """Destination -> batches backing off after a transient error."""
+    parked: Counter[str] = field(default_factory=Counter)
+    """Destination -> batches waiting for a destination error (token, permission, pixel) to clear."""
+    last_error: dict[str, GraphError] = field(default_factory=dict)
+    """Destination -> the error of its latest backoff."""
+
+    def enter(self, destination: str, error: GraphError) -> bool:
+        """A batch starts waiting; True when this parks a destination that was not parked."""
+        self.last_error[destination] = error
+        if error.error_class is ErrorClass.DESTINATION:
+            self.parked[destination] += 1
+            return self.parked[destination] == 1
+        self.retrying[destination] += 1
+        return False
+
+    def leave(self, destination: str, error: GraphError) -> None:
+        counter = self.parked if error.error_class is ErrorClass.DESTINATION else self.retrying
+        counter[destination] -= 1
+        if counter[destination] <= 0:
+            del counter[destination]
+
+    def parked_names(self) -> list[str]:
+        return sorted(self.parked)
+
+    def blocked(self) -> set[str]:
+        """Destinations that are retrying or parked."""
+        return set(self.retrying) | set(self.parked)
 
 
 class Deliverer:
@@ -192,16 +219,19 @@ class Deliverer:
 
     def __init__(
         self,
-        client: GraphClient,
+        client: Sender,
+        metrics: Metrics,
         *,
         policy: RetryPolicy | None = None,
-        wall_clock: Callable[[], float] = time.time,
-        hooks: DeliveryHooks | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._policy = policy or RetryPolicy()
-        self._now = wall_clock
-        self._hooks = hooks or DeliveryHooks()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.state = DeliveryState()
 
     async def deliver(self, destination: Destination, events: list[PendingEvent]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -213,17 +243,17 @@ class Deliverer:
     ) -> None:
         attempt = 0
         parked_since: float | None = None
-        hooks = self._hooks
+        clock = self._clock
         while events:
             events = self._drop_expired(events, outcomes)
             if not events:
                 return
             for event in events:
                 event.attempts += 1
-            hooks.on_send(destination, events)
-            started = time.monotonic()
+            self._sending(destination, events)
+            started = clock.monotonic()
             result = await self._client.post(destination, events)
-            hooks.on_response(destination, len(events), result, time.monotonic() - started)
+            self._answered(destination, result, clock.monotonic() - started)
             if isinstance(result, Accepted):
                 outcomes.extend((e, None) for e in events)
                 return
@@ -243,40 +273,75 @@ class Deliverer:
                 outcomes.extend(right)
                 return
             if result.error_class is ErrorClass.DESTINATION:
-                parked_since = parked_since if parked_since is not None else time.monotonic()
+                parked_since = parked_since if parked_since is not None else clock.monotonic()
                 limit = self._policy.parked_dead_letter_after_s
-                if limit is not None and time.monotonic() - parked_since >= limit:
+                if limit is not None and clock.monotonic() - parked_since >= limit:
                     failure = result.failure(DESTINATION_UNAVAILABLE)
                     outcomes.extend((e, failure) for e in events)
                     return
             else:
                 parked_since = None
-            delay = self._policy.delay(attempt, result)
-            log.warning(
-                "destination parked, probing again later"
-                if result.error_class is ErrorClass.DESTINATION
-                else "retrying batch",
+            delay = self._policy.delay(attempt, result, self._rng)
+            self._back_off(destination, result, delay, len(events), attempt)
+            try:
+                await clock.sleep(delay)
+            finally:
+                self.state.leave(destination.name, result)
+                self._metrics.destinations_parked.set(len(self.state.parked))
+            attempt += 1
+
+    # -- metrics and logs of one request
+    def _sending(self, destination: Destination, events: Sequence[PendingEvent]) -> None:
+        m = self._metrics
+        now = self._clock.wall()
+        names: Counter[str] = Counter()
+        age = m.event_age_at_send
+        for event in events:
+            names[event.event_name] += 1
+            age.observe(max(0.0, now - event.event_time))
+        for name, n in names.items():
+            m.events_sent.labels(destination.pixel_id, name).inc(n)
+
+    def _answered(self, destination: Destination, result: Accepted | GraphError, seconds: float) -> None:
+        m = self._metrics
+        outcome = "accepted" if isinstance(result, Accepted) else str(result.error_class)
+        m.request_duration.labels(destination.pixel_id, outcome).observe(seconds)
+        if isinstance(result, GraphError) and result.code is not None:
+            m.graph_errors.labels(str(result.code), str(result.subcode or "")).inc()
+
+    def _back_off(
+        self, destination: Destination, error: GraphError, delay: float, events: int, attempt: int
+    ) -> None:
+        parked = error.error_class is ErrorClass.DESTINATION
+        log.warning(
+            "destination parked, probing again later" if parked else "retrying batch",
+            extra={
+                "destination": destination.name,
+                "pixel_id": destination.pixel_id,
+                "events": events,
+                "error_class": str(error.error_class),
+                "graph_code": error.code,
+                "graph_subcode": error.subcode,
+                "fbtrace_id": error.fbtrace_id,
+                "delay_s": round(delay, 3),
+                "attempt": attempt + 1,
+            },
+        )
+        self._metrics.retries.labels(destination.pixel_id, str(error.error_class)).inc()
+        if self.state.enter(destination.name, error):
+            log.error(
+                "destination parked",
                 extra={
                     "destination": destination.name,
                     "pixel_id": destination.pixel_id,
-                    "events": len(events),
-                    "error_class": str(result.error_class),
-                    "graph_code": result.code,
-                    "graph_subcode": result.subcode,
-                    "fbtrace_id": result.fbtrace_id,
-                    "delay_s": round(delay, 3),
-                    "attempt": attempt + 1,
+                    "graph_code": error.code,
+                    "graph_subcode": error.subcode,
                 },
             )
-            hooks.enter_backoff(destination, result, delay)
-            try:
-                await asyncio.sleep(delay)
-            finally:
-                hooks.leave_backoff(destination, result)
-            attempt += 1
+        self._metrics.destinations_parked.set(len(self.state.parked))
 
     def _drop_expired(self, events: list[PendingEvent], outcomes: list[Outcome]) -> list[PendingEvent]:
-        now = self._now()
+        now = self._clock.wall()
         keep: list[PendingEvent] = []
         for event in events:
             if now >= expires_at(event):

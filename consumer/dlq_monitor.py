@@ -45,19 +45,14 @@ from confluent_kafka import (
 )
 
 from consumer.config import AppConfig
+from consumer.dlq import Header
 from consumer.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-REPLAY_GROUP_SUFFIX = "-replay"
-ORIGIN_TIMESTAMP_HEADER = "capi.dlq.origin.timestamp"
+_ORIGIN_TIMESTAMP = Header.ORIGIN_TIMESTAMP.key
 # Consumer settings of the source consumer that make no sense for an assign-only reader.
 _DROPPED_KEYS = ("partition.assignment.strategy", "group.protocol", "group.instance.id")
-
-
-def replay_group(group_id: str) -> str:
-    """The consumer group `capi-consumer replay` commits its progress under."""
-    return group_id + REPLAY_GROUP_SUFFIX
 
 
 @dataclass
@@ -119,9 +114,8 @@ class DeadLetterMonitor:
     def from_config(cls, config: AppConfig, metrics: Metrics, **kwargs: Any) -> DeadLetterMonitor:
         """A monitor of every configured dead-letter topic, with the source consumer's Kafka settings."""
         conf: dict[str, Any] = dict(config.consumer_properties())
-        conf["group.id"] = replay_group(config.kafka.group_id)
-        topics = [topic.dlq_topic for topic in config.topics.values()]
-        return cls(conf, topics, metrics, **kwargs)
+        conf["group.id"] = config.replay_group_id
+        return cls(conf, config.dlq_topics, metrics, **kwargs)
 
     # -- the asyncio side
     async def run(self, stop: asyncio.Event) -> None:
@@ -263,7 +257,7 @@ def _timestamp_ms(msg: Message) -> int | None:
     headers = msg.headers()
     pairs = headers.items() if isinstance(headers, dict) else (headers or [])
     for name, raw in pairs:
-        if name == ORIGIN_TIMESTAMP_HEADER and raw:
+        if name == _ORIGIN_TIMESTAMP and raw:
             try:
                 return int(raw.decode() if isinstance(raw, bytes) else str(raw))
             except ValueError:

@@ -80,7 +80,8 @@ def reason_codes() -> dict[Stage, frozenset[str]]:
 
 
 def kafka_error_class(error: KafkaError) -> ErrorClass | None:
-    """Kafka client errors: None = fatal (stop, rule 9); TRANSIENT = librdkafka retries by itself."""
+    """Kafka client errors: None = fatal (stop: ../shared/docs/consumer-semantics.md, rule 9);
+    TRANSIENT = librdkafka retries by itself."""
     if error.fatal():
         return None
     return ErrorClass.TRANSIENT
@@ -107,7 +108,7 @@ class PipelineError(Exception):
         self.failure = failure
 
 
-# --- Graph API errors (capi-reference.md section 6)
+# --- Graph API errors (../shared/docs/capi-reference.md section 6)
 
 # Throttling: retry after the time the usage headers announce.
 THROTTLE_CODES = frozenset({4, 17, 32, 341, 613, 80001, 80004, 80005})

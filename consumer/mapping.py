@@ -44,6 +44,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from consumer.avro_json import SchemaIndex
+from consumer.canonical import builtin_mapping
 from consumer.config import (
     AppConfig,
     ConfigError,
@@ -172,77 +173,12 @@ def _json_value(value: Any) -> Any:
 
 # --- built-in mappings ------------------------------------------------------------------------------
 
-_CUSTOMER_USER_DATA = {
-    "external_id": "customer.customer_id",
-    "em": "customer.email",
-    "ph": "customer.phone",
-    "fn": "customer.first_name",
-    "ln": "customer.last_name",
-    "db": "customer.date_of_birth",
-    "ge": "customer.gender",
-    "ct": "customer.city",
-    "st": "customer.state",
-    "zp": "customer.postal_code",
-    "country": "customer.country",
-    "client_ip_address": "web_context.client_ip_address",
-    "client_user_agent": "web_context.client_user_agent",
-    "fbp": "web_context.fbp",
-    "fbc": "web_context.fbc",
-}
-_CONSENT = {
-    "opt_out": "consent.opt_out",
-    "limited_data_use": {
-        "field": "consent.limited_data_use",
-        "country": "consent.ldu_country",
-        "state": "consent.ldu_state",
-    },
-}
-
 
 def canonical_mapping(topic: TopicConfig) -> MappingSpec:
     """The built-in mapping of an `order` or `subscription` topic, in the custom-mapping language."""
     names = topic.effective_event_names()
     sent = {t: names[t] for t in topic.effective_send_event_types()}
-    common: dict[str, Any] = {
-        "event_name": {"field": "event_type", "values": sent},
-        "event_time": {"field": "occurred_at", "unit": "auto"},
-        "action_source": "system_generated",
-        "event_source_url": "web_context.page_url",
-        **_CONSENT,
-    }
-    if topic.kind == "order":
-        return MappingSpec.model_validate(
-            {
-                **common,
-                "event_id": "order_id",
-                "user_data": {**_CUSTOMER_USER_DATA, "subscription_id": "subscription_id"},
-                "custom_data": {"value": "total", "currency": "currency", "order_id": "order_id"},
-                "contents": {
-                    "field": "line_items",
-                    "id": "sku",
-                    "quantity": "quantity",
-                    "item_price": "unit_price",
-                },
-            }
-        )
-    if topic.kind == "subscription":
-        return MappingSpec.model_validate(
-            {
-                **common,
-                # Subscribe/StartTrial/cancel happen once per subscription, so its ID deduplicates
-                # them; a renewal is a new purchase each period and is identified by its charge.
-                "event_id": "subscription_id",
-                "record_types": {"renewed": {"event_id": "order_id"}},
-                "user_data": {**_CUSTOMER_USER_DATA, "subscription_id": "subscription_id"},
-                "custom_data": {
-                    "value": "amount",
-                    "currency": "currency",
-                    "order_id": "order_id",
-                    "content_ids": "plan_id",
-                },
-            }
-        )
-    raise ValueError(f"kind {topic.kind} has no built-in mapping")
+    return MappingSpec.model_validate(builtin_mapping(topic.kind, sent))
 
 
 # --- schema checking --------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ Label values are bounded by configuration (topics, pixels, event names, reason c
 never an event ID, a customer identifier or a token.
 
 prometheus-client exports a counter `capi_x` as `capi_x_total` (plus `capi_x_created`) and a histogram as
-`_bucket`/`_sum`/`_count`; `Metrics.series_names()` lists the names a scrape can contain. The README's
-"Observability" section documents every metric; a test keeps the two in step.
+`_bucket`/`_sum`/`_count`; `Metrics.series_names()` lists the names a scrape can contain. The
+"Metrics reference" of docs/operations.md documents every metric; a test keeps the two in step.
 """
 
 from __future__ import annotations

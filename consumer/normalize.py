@@ -1,6 +1,6 @@
 """Customer-information normalization and SHA-256 hashing for Meta's `user_data` (pure, no I/O).
 
-The rules are the project's contract, ``shared/docs/normalization.md``: every identifier is converted
+The rules are the project's contract, ``../shared/docs/normalization.md``: every identifier is converted
 to text, NFC-normalized and trimmed, then put through its field rule and hashed (SHA-256, lowercase hex
 of the UTF-8 bytes). A value that fails its rule is never sent: it becomes an :class:`Omission` with a
 machine-readable reason that metrics and the dead-letter topic carry. Reasons and exception messages
@@ -82,7 +82,8 @@ MESSAGING_FIELDS: Final[tuple[str, ...]] = (
     "whatsapp_business_account_id",
     "instagram_business_account_id",
 )
-"""Unhashed business-messaging identifiers (capi-reference §3.1); passed through like UNHASHED_FIELDS."""
+"""Unhashed business-messaging identifiers (../shared/docs/capi-reference.md §3.1); passed through
+like UNHASHED_FIELDS."""
 
 EMPTY: Final = "empty"
 INVALID_TYPE: Final = "invalid_type"

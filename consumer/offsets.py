@@ -2,7 +2,7 @@
 
 A record is settled when Meta accepted it, its dead-letter copy was acknowledged, or it was filtered
 on purpose. A partition's committable offset advances to N+1 only when every record <= N it consumed
-is settled, so out-of-order completion never skips a gap (consumer-semantics.md, rule 1).
+is settled, so out-of-order completion never skips a gap (../shared/docs/consumer-semantics.md, rule 1).
 This module decides *what* may be committed; `consumer.source` is the one place that stores and
 commits it with Kafka.
 """
@@ -123,6 +123,3 @@ class OffsetLedger:
             if ledger.dirty and ledger.committable is not None:
                 ledger.dirty = False
                 yield key, ledger.committable
-
-    def keys(self) -> list[TopicPartitionKey]:
-        return list(self._ledgers)

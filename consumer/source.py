@@ -1,4 +1,4 @@
-"""Source stage: the Kafka consumer, its rebalance callbacks, backpressure pauses, and offset commits.
+"""Source stage: consumed records (`Origin`), partition bookkeeping, backpressure pauses, offset commits.
 
 This is the one place that stores and commits offsets. The recipe is librdkafka's own at-least-once
 one: `enable.auto.offset.store=false`; an offset is stored (`store_offsets`) only once
@@ -14,24 +14,91 @@ A bounded source (`end_offsets`, what replay reads) hands out only the records b
 end offset: a record at or past it is dropped untracked and its partition stays paused, so nothing
 appended after the end was taken (its own re-dead-lettered copies, the live consumer's new failures)
 is processed or committed; the next replay reads it.
+
+`PartitionSource` holds that bookkeeping once; `KafkaSource` adds the confluent-kafka consumer, and
+the tests' in-memory source adds a list of records, so both run the same rules.
 """
 
 from __future__ import annotations
 
+import abc
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.errors import kafka_error_class
-from consumer.offsets import OffsetLedger
+from consumer.offsets import OffsetLedger, TopicPartitionKey
 
 log = logging.getLogger(__name__)
 
 
-def _names(partitions: list[TopicPartition]) -> list[str]:
-    return [f"{p.topic}[{p.partition}]" for p in partitions]
+@dataclass(slots=True)
+class Origin:
+    """One consumed record, as the pipeline and the dead-letter topic see it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+
+    @classmethod
+    def from_message(cls, msg: Message) -> Origin:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:
+            raise ValueError("not a consumed record")
+        _kind, ts = msg.timestamp()
+        raw = msg.headers() or []
+        items = raw.items() if isinstance(raw, dict) else raw
+        headers = [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in items]
+        key = msg.key()
+        return cls(
+            topic,
+            partition,
+            offset,
+            ts if ts > 0 else None,
+            key.encode() if isinstance(key, str) else key,
+            msg.value(),
+            headers,
+        )
+
+
+class Source(Protocol):
+    """What the run loop needs from a source of records; call it from the loop's thread only."""
+
+    assigned: set[TopicPartitionKey]
+    paused_partitions: set[TopicPartitionKey]
+    fatal_error: str | None
+    """Set when the source can no longer be used (the loop stops without committing further)."""
+
+    def subscribe(self) -> None: ...
+
+    def consume(self, max_records: int) -> list[Origin]:
+        """Records available now, without blocking."""
+        ...
+
+    def store_settled(self) -> int:
+        """Hand every moved settled watermark to the committer; returns how many partitions."""
+        ...
+
+    def apply_pauses(self, *, all_topics: bool, topics: set[str]) -> None: ...
+
+    def positions(self) -> dict[TopicPartitionKey, int]:
+        """Next offset the application will read, per assigned partition."""
+        ...
+
+    def lag(self) -> dict[TopicPartitionKey, int]: ...
+
+    def commit_final(self) -> int:
+        """Synchronously commit every assigned partition's settled watermark; returns how many."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class UnsafeConfigError(ValueError):
@@ -39,142 +106,132 @@ class UnsafeConfigError(ValueError):
 
 
 def check_safe(conf: Mapping[str, Any]) -> None:
-    """Refuse settings that break at-least-once delivery (consumer-semantics.md, rule 2)."""
+    """Refuse settings that break at-least-once delivery (../shared/docs/consumer-semantics.md, rule 2)."""
     if str(conf.get("enable.auto.offset.store", "")).lower() not in ("false", "0"):
         raise UnsafeConfigError("kafka consumer: enable.auto.offset.store must be false")
 
 
-class KafkaSource:
-    """Owns the confluent-kafka Consumer; call every method from the one thread that runs the loop."""
+def _names(keys: Iterable[TopicPartitionKey]) -> list[str]:
+    return [f"{t}[{p}]" for t, p in keys]
+
+
+class PartitionSource(abc.ABC):
+    """Assignment, ledger, pause and end-offset bookkeeping shared by every source.
+
+    Subclasses call `_assigned`, `_revoked` and `_lost` from their rebalance callbacks, filter what
+    they consume through `_below_end`, and implement the four broker operations.
+    """
 
     def __init__(
         self,
-        conf: Mapping[str, Any],
-        topics: list[str],
         ledger: OffsetLedger,
         *,
+        end_offsets: Mapping[TopicPartitionKey, int] | None = None,
         on_partitions_changed: Callable[[], None] | None = None,
-        end_offsets: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
         """`end_offsets`: read each partition only below this offset (a partition not named: none of it)."""
-        check_safe(conf)
-        # librdkafka's own log lines go through logging, so they come out as structured JSON too.
-        self._consumer = Consumer(dict(conf), logger=logging.getLogger("librdkafka.consumer"))
         self._ledger = ledger
-        self._topics = topics
+        self._ends = dict(end_offsets) if end_offsets is not None else None
+        self._on_changed = on_partitions_changed
         self._pause_all = False
         self._pause_topics: set[str] = set()
-        self.paused_partitions: set[tuple[str, int]] = set()
-        self._on_changed = on_partitions_changed
-        self.assigned: set[tuple[str, int]] = set()
-        self.fatal_error: KafkaError | None = None
-        self._ends = dict(end_offsets) if end_offsets is not None else None
-        self.at_end: set[tuple[str, int]] = set()
+        self.assigned: set[TopicPartitionKey] = set()
+        self.paused_partitions: set[TopicPartitionKey] = set()
+        self.at_end: set[TopicPartitionKey] = set()
         """Partitions of a bounded source that reached their end offset (kept paused)."""
+        self.fatal_error: str | None = None
 
-    def subscribe(self) -> None:
-        self._consumer.subscribe(
-            self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
+    # -- what each source reads in its own way (see `Source`)
+    @abc.abstractmethod
+    def subscribe(self) -> None: ...
 
-    # -- rebalance callbacks (run inside consume())
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._ledger.assign((tp.topic, tp.partition))
-            self.assigned.add((tp.topic, tp.partition))
+    @abc.abstractmethod
+    def consume(self, max_records: int) -> list[Origin]: ...
+
+    @abc.abstractmethod
+    def positions(self) -> dict[TopicPartitionKey, int]: ...
+
+    @abc.abstractmethod
+    def lag(self) -> dict[TopicPartitionKey, int]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- the broker operations
+    @abc.abstractmethod
+    def _pause(self, keys: list[TopicPartitionKey]) -> None: ...
+
+    @abc.abstractmethod
+    def _resume(self, keys: list[TopicPartitionKey]) -> None: ...
+
+    @abc.abstractmethod
+    def _store(self, offsets: list[tuple[TopicPartitionKey, int]]) -> None:
+        """Hand offsets to the background committer (ignore partitions that moved away)."""
+
+    @abc.abstractmethod
+    def _commit(self, offsets: list[tuple[TopicPartitionKey, int]]) -> None:
+        """Commit offsets synchronously."""
+
+    # -- rebalance bookkeeping
+    def _assigned(self, keys: list[TopicPartitionKey]) -> None:
+        for key in keys:
+            self._ledger.assign(key)
+            self.assigned.add(key)
         # Partitions that arrive while we hold back their topic must start paused too.
-        hold = [
-            tp
-            for tp in partitions
-            if self._pause_all or tp.topic in self._pause_topics or (tp.topic, tp.partition) in self.at_end
-        ]
+        hold = [k for k in keys if self._pause_all or k[0] in self._pause_topics or k in self.at_end]
         if hold:
-            consumer.pause(hold)
-            self.paused_partitions.update((tp.topic, tp.partition) for tp in hold)
-        log.info(
-            "partitions assigned", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}
-        )
-        if self._on_changed is not None:
-            self._on_changed()
+            self._pause(hold)
+            self.paused_partitions.update(hold)
+        log.info("partitions assigned", extra={"partitions": _names(keys)})
+        self._changed()
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _revoked(self, keys: list[TopicPartitionKey]) -> None:
         offsets = []
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
+        for key in keys:
             ledger = self._ledger.get(key)
             if ledger is not None and ledger.committable is not None:
-                offsets.append(TopicPartition(tp.topic, tp.partition, ledger.committable))
+                offsets.append((key, ledger.committable))
             self._ledger.revoke(key)
             self.assigned.discard(key)
             self.paused_partitions.discard(key)
         if offsets:
             try:
-                consumer.store_offsets(offsets=offsets)
-                consumer.commit(offsets=offsets, asynchronous=False)
+                self._commit(offsets)
             except KafkaException as exc:
                 log.warning("commit on revoke failed", extra={"error": str(exc)})
-        log.info(
-            "partitions revoked", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}
-        )
-        if self._on_changed is not None:
-            self._on_changed()
+        log.info("partitions revoked", extra={"partitions": _names(keys)})
+        self._changed()
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _lost(self, keys: list[TopicPartitionKey]) -> None:
         # Another member may already own them: committing now could move its offsets backwards.
-        for tp in partitions:
-            self._ledger.revoke((tp.topic, tp.partition))
-            self.assigned.discard((tp.topic, tp.partition))
-        log.warning(
-            "partitions lost", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}
-        )
+        for key in keys:
+            self._ledger.revoke(key)
+            self.assigned.discard(key)
+            self.paused_partitions.discard(key)
+        log.warning("partitions lost", extra={"partitions": _names(keys)})
+        self._changed()
+
+    def _changed(self) -> None:
         if self._on_changed is not None:
             self._on_changed()
 
-    # -- the loop's calls
-    def consume(self, max_records: int) -> list[Message]:
-        """Records available now (never blocks: the caller is an asyncio loop)."""
-        messages: list[Message] = self._consumer.consume(num_messages=max_records, timeout=0)
-        records = []
-        ends = self._ends
-        for msg in messages:
-            err = msg.error()
-            if err is None:
-                if ends is not None and not self._below_end(msg, ends):
-                    continue
-                records.append(msg)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                continue
-            elif kafka_error_class(err) is None:
-                self.fatal_error = err
-            else:
-                log.warning("kafka consumer error", extra={"error": err.str(), "code": err.code()})
-        return records
-
-    def _below_end(self, msg: Message, ends: Mapping[tuple[str, int], int]) -> bool:
+    def _below_end(self, key: TopicPartitionKey, offset: int) -> bool:
         """False (and the partition held paused from now on) for a record at or past its end offset."""
-        key = (msg.topic() or "", msg.partition() or 0)
-        offset = msg.offset()
-        if offset is not None and offset < ends.get(key, 0):
+        ends = self._ends
+        if ends is None or offset < ends.get(key, 0):
             return True
         if key not in self.at_end:
             self.at_end.add(key)
             if key in self.assigned and key not in self.paused_partitions:
-                self._consumer.pause([TopicPartition(*key)])
+                self._pause([key])
                 self.paused_partitions.add(key)
         return False
 
+    # -- the loop's calls
     def store_settled(self) -> int:
-        """Store the committable offset of every partition whose watermark moved; returns how many."""
-        offsets = [TopicPartition(t, p, off) for (t, p), off in self._ledger.take_dirty()]
-        if not offsets:
-            return 0
-        try:
-            self._consumer.store_offsets(offsets=offsets)
-        except KafkaException as exc:
-            # _STATE: the partition moved to another member between settle and store. Its records
-            # will be re-read there, which is safe.
-            if exc.args and exc.args[0].code() != KafkaError._STATE:
-                raise
+        offsets = list(self._ledger.take_dirty())
+        if offsets:
+            self._store(offsets)
         return len(offsets)
 
     def apply_pauses(self, *, all_topics: bool, topics: set[str]) -> None:
@@ -184,37 +241,106 @@ class KafkaSource:
         to_pause = desired - self.paused_partitions
         to_resume = self.paused_partitions - desired
         if to_pause:
-            self._consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+            self._pause(sorted(to_pause))
         if to_resume:
-            self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
+            self._resume(sorted(to_resume))
         self.paused_partitions = desired
         self._pause_all = all_topics
         self._pause_topics = set(topics)
 
-    @property
-    def all_paused(self) -> bool:
-        return bool(self.assigned) and self.paused_partitions >= self.assigned
+    def commit_final(self) -> int:
+        offsets = [
+            (key, ledger.committable)
+            for key in sorted(self.assigned)
+            if (ledger := self._ledger.get(key)) is not None and ledger.committable is not None
+        ]
+        if offsets:
+            self._commit(offsets)
+        return len(offsets)
 
-    def positions(self) -> dict[tuple[str, int], int]:
-        """Next offset the application will read, per assigned partition (local state)."""
+
+def _tps(offsets: list[tuple[TopicPartitionKey, int]]) -> list[TopicPartition]:
+    return [TopicPartition(t, p, off) for (t, p), off in offsets]
+
+
+class KafkaSource(PartitionSource):
+    """Owns the confluent-kafka Consumer; call every method from the one thread that runs the loop."""
+
+    def __init__(
+        self,
+        conf: Mapping[str, Any],
+        topics: list[str],
+        ledger: OffsetLedger,
+        *,
+        on_partitions_changed: Callable[[], None] | None = None,
+        end_offsets: Mapping[TopicPartitionKey, int] | None = None,
+    ) -> None:
+        check_safe(conf)
+        super().__init__(ledger, end_offsets=end_offsets, on_partitions_changed=on_partitions_changed)
+        # librdkafka's own log lines go through logging, so they come out as structured JSON too.
+        self._consumer = Consumer(dict(conf), logger=logging.getLogger("librdkafka.consumer"))
+        self._topics = topics
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe(
+            self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    # rebalance callbacks (run inside consume())
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned([(tp.topic, tp.partition) for tp in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._revoked([(tp.topic, tp.partition) for tp in partitions])
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._lost([(tp.topic, tp.partition) for tp in partitions])
+
+    # broker operations
+    def _pause(self, keys: list[TopicPartitionKey]) -> None:
+        self._consumer.pause([TopicPartition(t, p) for t, p in keys])
+
+    def _resume(self, keys: list[TopicPartitionKey]) -> None:
+        self._consumer.resume([TopicPartition(t, p) for t, p in keys])
+
+    def _store(self, offsets: list[tuple[TopicPartitionKey, int]]) -> None:
+        try:
+            self._consumer.store_offsets(offsets=_tps(offsets))
+        except KafkaException as exc:
+            # _STATE: the partition moved to another member between settle and store. Its records
+            # will be re-read there, which is safe.
+            if exc.args and exc.args[0].code() != KafkaError._STATE:
+                raise
+
+    def _commit(self, offsets: list[tuple[TopicPartitionKey, int]]) -> None:
+        self._consumer.store_offsets(offsets=_tps(offsets))
+        self._consumer.commit(offsets=_tps(offsets), asynchronous=False)
+
+    def consume(self, max_records: int) -> list[Origin]:
+        """Records available now (never blocks: the caller is an asyncio loop)."""
+        messages: list[Message] = self._consumer.consume(num_messages=max_records, timeout=0)
+        records = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                origin = Origin.from_message(msg)
+                if self._below_end((origin.topic, origin.partition), origin.offset):
+                    records.append(origin)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
+            elif kafka_error_class(err) is None:
+                self.fatal_error = f"fatal Kafka error: {err.str()}"
+            else:
+                log.warning("kafka consumer error", extra={"error": err.str(), "code": err.code()})
+        return records
+
+    def positions(self) -> dict[TopicPartitionKey, int]:
         parts = [TopicPartition(t, p) for t, p in self.assigned]
         return {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(parts)} if parts else {}
 
-    def commit_final(self) -> list[TopicPartition]:
-        """Synchronously commit every assigned partition's settled watermark (shutdown)."""
-        offsets = [
-            TopicPartition(t, p, ledger.committable)
-            for t, p in list(self.assigned)
-            if (ledger := self._ledger.get((t, p))) is not None and ledger.committable is not None
-        ]
-        if offsets:
-            self._consumer.store_offsets(offsets=offsets)
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        return offsets
-
-    def lag(self) -> dict[tuple[str, int], int]:
+    def lag(self) -> dict[TopicPartitionKey, int]:
         """High watermark minus the settled watermark per assigned partition (local state, no I/O)."""
-        result: dict[tuple[str, int], int] = {}
+        result: dict[TopicPartitionKey, int] = {}
         for topic, partition in list(self.assigned):
             tp = TopicPartition(topic, partition)
             try:

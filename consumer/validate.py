@@ -109,7 +109,7 @@ REJECTION_REASONS: Final[frozenset[str]] = frozenset(
 REQUIRED_FIELDS: Final[tuple[str, ...]] = ("event_name", "event_time", "action_source", "user_data")
 
 # Graph >= v13: an event whose customer information is one of these sets, or a subset of one, is
-# rejected as too broad to match (capi-reference §3.4).
+# rejected as too broad to match (../shared/docs/capi-reference.md §3.4).
 BROAD_USER_DATA_COMBINATIONS: Final[tuple[frozenset[str], ...]] = (
     frozenset({"ct", "country", "st", "zp", "ge", "client_user_agent"}),
     frozenset({"db", "client_user_agent"}),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.devstack import DevStack, DevStackError, Endpoints, StackOptions
+from capi_devstack import DevStack, DevStackError, Endpoints, StackOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"

@@ -14,20 +14,21 @@ from consumer.config import ConfigError, load_config
 
 def main(args: argparse.Namespace) -> int:
     logs.setup(os.environ.get("CAPI_LOG_LEVEL", "WARNING"))
-    from consumer.app import ReplayPlan, Service, build_decoder, build_mapper, tune_gc
+    from consumer.app import Service, build_decoder, tune_gc
+    from consumer.mapping import Mapper
     from consumer.replay import (
         ReplayFilter,
+        ReplayPolicy,
         dlq_topics,
         dry_run,
-        end_offsets,
+        move_replay_group,
         parse_time,
-        replay_starts,
-        reset_to_beginning,
+        replay_ends,
     )
 
     try:
         config = load_config(args.config, resolve_secrets=not args.dry_run)
-        mapper = build_mapper(config)
+        mapper = Mapper.from_config(config)
         flt = ReplayFilter(parse_time(args.since), parse_time(args.until), args.reason)
     except ConfigError as exc:
         print(f"capi-consumer: configuration error\n{exc}", file=sys.stderr)
@@ -36,12 +37,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"capi-consumer replay: {exc}", file=sys.stderr)
         return 2
     topics = dlq_topics(config, args.dlq_topic)
-    ends = end_offsets(config, topics)
-    group = f"{config.kafka.group_id}-replay"
-    if args.from_beginning and not args.dry_run:
-        reset_to_beginning(config, group, ends)
+    ends = replay_ends(config, topics, from_beginning=args.from_beginning)
     if args.dry_run:
-        preview = dry_run(config, mapper, build_decoder(config), topics, ends, flt)
+        preview = dry_run(config, mapper, build_decoder(config), ends, flt)
         print(
             f"dry run: would send {sum(preview.would_send.values())} {dict(preview.would_send)}, "
             f"expired {preview.expired}, would fail again {sum(preview.failed.values())} "
@@ -50,8 +48,9 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0 if not preview.failed else 1
-    plan = ReplayPlan(topics, replay_starts(config, ends), flt)
-    service = Service(config, mapper, replay=plan)
+    if args.from_beginning:
+        move_replay_group(config, ends)
+    service = Service(config, mapper, replay=ReplayPolicy(config, ends, flt))
 
     async def run() -> int:
         stop = asyncio.Event()

@@ -15,10 +15,11 @@ def main(args: argparse.Namespace) -> int:
     logs.setup(os.environ.get("CAPI_LOG_LEVEL", "INFO"))
     try:
         config = load_config(args.config)
-        from consumer.app import build_mapper, run_until_signalled, tune_gc
+        from consumer.app import run_until_signalled, tune_gc
+        from consumer.mapping import Mapper
 
         # Every mapping is checked against its reader schema before anything connects.
-        mapper = build_mapper(config)
+        mapper = Mapper.from_config(config)
     except ConfigError as exc:
         print(f"capi-consumer: configuration error\n{exc}", file=sys.stderr)
         return 2

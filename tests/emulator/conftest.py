@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from consumer.emulator import EmulatorConfig, RunningEmulator, start_in_thread
+from capi_emulator import EmulatorConfig, RunningEmulator, start_in_thread
 from tests.emulator.emulator_helpers import Client, FakeClock
 
 

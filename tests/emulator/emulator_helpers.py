@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from consumer.emulator import RunningEmulator
+from capi_emulator import RunningEmulator
 
 PIXEL = "1234567890"
 OTHER_PIXEL = "2234567890"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from consumer.emulator import EmulatorConfig, TokenConfig
+from capi_emulator import EmulatorConfig, TokenConfig
 from tests.emulator.emulator_helpers import OTHER_PIXEL, PIXEL, TOKEN, Client, error_of, make_event
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from consumer.emulator import EmulatorConfig, load_config
+from capi_emulator import EmulatorConfig, load_config
 from tests.emulator.emulator_helpers import Client, error_of, make_event
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def _first_line(proc: subprocess.Popen[str]) -> str:
 @pytest.mark.parametrize(
     ("command", "sig"),
     [
-        ([sys.executable, "-m", "consumer.emulator.cli"], signal.SIGTERM),
+        ([sys.executable, "-m", "capi_emulator.cli"], signal.SIGTERM),
         ([str(Path(sys.executable).parent / "capi-emulator")], signal.SIGINT),
     ],
 )
@@ -70,7 +70,7 @@ def test_cli_on_a_fixed_port() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = _launch([sys.executable, "-m", "consumer.emulator.cli", "--port", str(port)])
+    proc = _launch([sys.executable, "-m", "capi_emulator.cli", "--port", str(port)])
     try:
         assert json.loads(_first_line(proc)) == {"capi_base_url": f"http://127.0.0.1:{port}"}
     finally:
@@ -83,7 +83,7 @@ def test_cli_rejects_a_bad_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("tokens:\n  t: {pixels: [1], colour: blue}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "consumer.emulator.cli", "--config", str(bad)],
+        [sys.executable, "-m", "capi_emulator.cli", "--config", str(bad)],
         capture_output=True,
         text=True,
         timeout=30,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from consumer.emulator import EmulatorConfig, FaultSpec
+from capi_emulator import EmulatorConfig, FaultSpec
 from tests.emulator.emulator_helpers import OTHER_PIXEL, Client, error_of, make_event
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from consumer.emulator import EmulatorConfig
+from capi_emulator import EmulatorConfig
 from tests.emulator.emulator_helpers import OTHER_PIXEL, PIXEL, Client, FakeClock, make_event
 
 HOUR = 3600

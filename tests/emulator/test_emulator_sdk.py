@@ -21,7 +21,7 @@ from facebook_business.adobjects.serverside.user_data import UserData
 from facebook_business.api import FacebookAdsApi
 from facebook_business.exceptions import FacebookRequestError
 
-from consumer.emulator import EmulatorConfig, TokenConfig
+from capi_emulator import EmulatorConfig, TokenConfig
 from tests.emulator.emulator_helpers import Client, sha
 
 PIXEL = "1234567890"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from consumer.emulator import EmulatorConfig
+from capi_emulator import EmulatorConfig
 from tests.emulator.emulator_helpers import PIXEL, Client, error_of, make_event, sha
 
 DAY = 86_400

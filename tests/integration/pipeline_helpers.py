@@ -17,13 +17,13 @@ from typing import Any
 
 import fastavro
 import yaml
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from consumer.devstack import Endpoints
-from consumer.samples import Sample
+from capi_devstack import Endpoints
+from capi_devstack.samples import Sample
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = {
@@ -32,6 +32,13 @@ SCHEMAS = {
 }
 TOKEN = "test-token"
 PIXEL = "1234567890"
+
+
+def header_pairs(msg: Message) -> list[tuple[str, bytes]]:
+    """A consumed record's headers as (name, bytes) pairs; the client may hand them over as a dict or str."""
+    raw = msg.headers() or []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in items]
 
 
 def write_config(
@@ -99,7 +106,8 @@ def avro_roundtrip(kind: str, record: dict[str, Any]) -> dict[str, Any]:
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, schema, record)
     buf.seek(0)
-    decoded: dict[str, Any] = fastavro.schemaless_reader(buf, schema, None)  # type: ignore[assignment]
+    decoded = fastavro.schemaless_reader(buf, schema, None)
+    assert isinstance(decoded, dict)
     return decoded
 
 

@@ -13,10 +13,10 @@ import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from capi_devstack import Endpoints
+from capi_devstack.samples import order
 from consumer.decode import Decoder, parse_schema
-from consumer.devstack import Endpoints
 from consumer.errors import PipelineError
-from consumer.samples import order
 
 pytestmark = pytest.mark.integration
 READER = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "order_event.avsc").read_text())

@@ -48,7 +48,7 @@ def _alive(pid: int) -> bool:
 
 def _start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "consumer.devstack.cli", "--state-dir", str(tmp_path / "state"), *extra],
+        [sys.executable, "-m", "capi_devstack.cli", "--state-dir", str(tmp_path / "state"), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -122,7 +122,8 @@ def test_state_dir_keeps_topics_and_schemas_between_runs(tmp_path: Path) -> None
         topics = admin.list_topics(timeout=30).topics
         assert "kept" in topics and len(topics["kept"].partitions) == 2
         registry = SchemaRegistryClient({"url": endpoints["schema_registry_url"]})
-        assert "Kept" in registry.get_schema(schema_id).schema_str
+        schema_str = registry.get_schema(schema_id).schema_str
+        assert schema_str is not None and "Kept" in schema_str
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -137,9 +138,9 @@ def test_missing_java_gives_one_line_error(tmp_path: Path) -> None:
     }
     # /usr/lib/jvm is searched too, so the child process empties the candidate list itself.
     code = (
-        "import sys, consumer.devstack.artifacts as a;"
+        "import sys, capi_devstack.artifacts as a;"
         "a._candidates = lambda: [];"
-        "from consumer.devstack.cli import main; sys.exit(main([]))"
+        "from capi_devstack.cli import main; sys.exit(main([]))"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
@@ -151,7 +152,7 @@ def test_missing_java_gives_one_line_error(tmp_path: Path) -> None:
 def test_missing_maven_with_empty_cache_gives_one_line_error(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": "/nonexistent", "CAPI_CACHE_DIR": str(tmp_path / "empty-cache")}
     proc = subprocess.run(
-        [sys.executable, "-m", "consumer.devstack.cli"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "capi_devstack.cli"], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

@@ -11,7 +11,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from consumer.devstack import Endpoints
+from capi_devstack import Endpoints
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,8 @@ def test_avro_records_roundtrip_through_consumer_group(
     # The registry knows the subject and serves the schema back by the ID embedded in the records.
     assert f"{topic}-value" in registry.get_subjects()
     schema_id = int.from_bytes(value[1:5], "big")
-    assert "Ping" in registry.get_schema(schema_id).schema_str
+    schema_str = registry.get_schema(schema_id).schema_str
+    assert schema_str is not None and "Ping" in schema_str
 
     consumer = Consumer(
         {
@@ -63,7 +64,9 @@ def test_avro_records_roundtrip_through_consumer_group(
             assert msg.error() is None, msg.error()
             record = deserializer(msg.value(), SerializationContext(topic, MessageField.VALUE))
             seen[record["id"]] = seen.get(record["id"], 0) + 1
-            partitions.add(msg.partition())
+            partition = msg.partition()
+            assert partition is not None
+            partitions.add(partition)
         consumer.commit(asynchronous=False)
     finally:
         consumer.close()

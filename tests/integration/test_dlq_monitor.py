@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consumer.config import load_config
-from consumer.devstack import Endpoints
-from consumer.dlq_monitor import DeadLetterMonitor, replay_group
+from capi_devstack import Endpoints
+from consumer.config import REPLAY_GROUP_SUFFIX, load_config
+from consumer.dlq_monitor import DeadLetterMonitor
 from consumer.metrics import Metrics
 from tests.integration.pipeline_helpers import write_config
 
@@ -44,9 +44,23 @@ def _commit(stack: Endpoints, group: str, topic: str, offsets: dict[int, int]) -
         consumer.close()
 
 
-def _monitor(stack: Endpoints, topics: list[str], metrics: Metrics, **kwargs: object) -> DeadLetterMonitor:
-    conf = {"bootstrap.servers": stack.bootstrap_servers, "group.id": replay_group("g-mon")}
-    return DeadLetterMonitor(conf, topics, metrics, clock=lambda: NOW_MS / 1000, **kwargs)  # type: ignore[arg-type]
+def _monitor(
+    stack: Endpoints,
+    topics: list[str],
+    metrics: Metrics,
+    *,
+    interval_s: float = 60.0,
+    max_records_per_check: int = 50_000,
+) -> DeadLetterMonitor:
+    conf = {"bootstrap.servers": stack.bootstrap_servers, "group.id": "g-mon" + REPLAY_GROUP_SUFFIX}
+    return DeadLetterMonitor(
+        conf,
+        topics,
+        metrics,
+        interval_s=interval_s,
+        max_records_per_check=max_records_per_check,
+        clock=lambda: NOW_MS / 1000,
+    )
 
 
 def _gauge(metrics: Metrics, name: str, topic: str) -> float | None:
@@ -79,7 +93,7 @@ def test_oldest_waiting_record_follows_the_replay_offset(
     ) == pytest.approx(NOW_MS / 1000)
 
     # The replay group moved past the oldest record: the next one is the oldest.
-    _commit(devstack, replay_group("g-mon"), dlq, {0: 1})
+    _commit(devstack, "g-mon" + REPLAY_GROUP_SUFFIX, dlq, {0: 1})
     state = monitor.check()[dlq]
     assert state.oldest_age_s == pytest.approx(2 * 86400) and state.waiting == 3
 
@@ -89,7 +103,7 @@ def test_oldest_waiting_record_follows_the_replay_offset(
     assert state.oldest_age_s == pytest.approx(4 * 86400) and state.waiting == 4
 
     # Everything replayed: nothing waits.
-    _commit(devstack, replay_group("g-mon"), dlq, {0: 2, 1: 3})
+    _commit(devstack, "g-mon" + REPLAY_GROUP_SUFFIX, dlq, {0: 2, 1: 3})
     state = monitor.check()[dlq]
     assert state.oldest_age_s == 0 and state.waiting == 0
     assert _gauge(metrics, "capi_dlq_oldest_record_age_seconds", dlq) == 0

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.devstack import Endpoints
+from capi_devstack import Endpoints
+from capi_devstack.samples import Sample, order, subscription
+from capi_emulator import start_in_thread
+from capi_emulator.config import EmulatorConfig, TokenConfig
+from capi_emulator.server import RunningEmulator
 from consumer.dlq import decode_headers
-from consumer.emulator import start_in_thread
-from consumer.emulator.config import EmulatorConfig, TokenConfig
-from consumer.emulator.server import RunningEmulator
-from consumer.samples import Sample, order, subscription
 from tests.integration.pipeline_helpers import (
     PIXEL,
     TOKEN,
@@ -32,6 +32,7 @@ from tests.integration.pipeline_helpers import (
     clear_faults,
     committed_total,
     emulator_events,
+    header_pairs,
     produce,
     produce_raw,
     wait_for,
@@ -83,12 +84,11 @@ def read_dlq(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -
             msg = consumer.poll(0.5)
             if msg is None or msg.error() is not None:
                 continue
-            raw = msg.headers() or []
             found.append(
                 {
                     "key": msg.key(),
                     "value": msg.value(),
-                    "headers": decode_headers(list(raw)),
+                    "headers": decode_headers(header_pairs(msg)),
                     "timestamp": msg.timestamp()[1],
                 }
             )
@@ -402,6 +402,6 @@ def _admin_token(base_url: str, body: dict[str, Any]) -> None:
 
 
 def _free_port() -> int:
-    from consumer.devstack.processes import free_port
+    from capi_devstack.processes import free_port
 
     return free_port()

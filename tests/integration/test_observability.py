@@ -15,21 +15,21 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from consumer.app import build_mapper
+from capi_devstack import Endpoints
+from capi_devstack.samples import Sample, order, subscription
+from capi_emulator import EmulatorConfig, TokenConfig, start_in_thread
+from capi_emulator.server import RunningEmulator
 from consumer.config import load_config
-from consumer.decode import NOT_CONFLUENT_WIRE_FORMAT
-from consumer.devstack import Endpoints
-from consumer.emulator import EmulatorConfig, TokenConfig, start_in_thread
-from consumer.emulator.server import RunningEmulator
-from consumer.mapping import Filtered, Mapped, Rejected
+from consumer.errors import NOT_CONFLUENT_WIRE_FORMAT
+from consumer.mapping import Filtered, Mapped, Mapper, Rejected
 from consumer.metrics import MATCH_KEYS, Metrics
-from consumer.samples import Sample, order, subscription
 from tests.integration.pipeline_helpers import (
     PIXEL,
     ConsumerProcess,
     MetricSamples,
     add_fault,
     avro_roundtrip,
+    header_pairs,
     http_get,
     metric_by,
     metric_sum,
@@ -54,7 +54,7 @@ class Expected:
     """What the mapping makes of each sample: the counts the metrics must show."""
 
     def __init__(self, config_path: Path, topics: dict[str, str], samples: list[Sample]) -> None:
-        mapper = build_mapper(load_config(config_path, resolve_secrets=False))
+        mapper = Mapper.from_config(load_config(config_path, resolve_secrets=False))
         by_kind = {kind: name for name, kind in topics.items()}
         self.mapped: Counter[str] = Counter()
         self.filtered: Counter[str] = Counter()
@@ -415,7 +415,7 @@ def _dead_letters(stack: Endpoints, topics: list[str]) -> list[tuple[str, bytes]
                         if msg.error() is None:
                             seen += 1
                             headers = "\n".join(
-                                f"{k}={(v or b'').decode(errors='replace')}" for k, v in msg.headers() or []
+                                f"{k}={v.decode(errors='replace')}" for k, v in header_pairs(msg)
                             )
                             records.append((headers, msg.value() or b""))
     finally:

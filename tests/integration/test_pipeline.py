@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from capi_devstack import Endpoints
+from capi_devstack.samples import Sample, mixed
+from capi_emulator import start_in_thread
+from capi_emulator.server import RunningEmulator
 from consumer.config import load_config
-from consumer.devstack import Endpoints
-from consumer.emulator import start_in_thread
-from consumer.emulator.server import RunningEmulator
-from consumer.mapping import Mapped
-from consumer.samples import Sample, mixed
+from consumer.mapping import Mapped, Mapper
 from tests.integration.pipeline_helpers import (
     ConsumerProcess,
     add_fault,
@@ -39,10 +39,8 @@ def emulator() -> Iterator[RunningEmulator]:
 
 def _expected(config_path: Path, topics: dict[str, str], samples: list[Sample]) -> dict[str, dict[str, Any]]:
     """event_id -> the server event the mapping module makes of each sendable sample."""
-    from consumer.app import build_mapper
-
     config = load_config(config_path, resolve_secrets=False)
-    mapper = build_mapper(config)
+    mapper = Mapper.from_config(config)
     by_kind = {kind: name for name, kind in topics.items()}
     expected: dict[str, dict[str, Any]] = {}
     for sample in samples:

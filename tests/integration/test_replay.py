@@ -20,16 +20,17 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.devstack import Endpoints
+from capi_devstack import Endpoints
+from capi_devstack.samples import Sample, order
+from capi_emulator.server import RunningEmulator
 from consumer.dlq import decode_headers
-from consumer.emulator.server import RunningEmulator
-from consumer.samples import Sample, order
 from tests.integration.pipeline_helpers import (
     TOKEN,
     ConsumerProcess,
     add_fault,
     clear_faults,
     emulator_events,
+    header_pairs,
     metrics_port,
     produce,
     produce_raw,
@@ -85,9 +86,7 @@ def read_all(bootstrap: str, topic: str, partitions: int) -> list[DlqRecord]:
             assert partition is not None and offset is not None
             if offset < ends[partition]:
                 found.append(
-                    DlqRecord(
-                        partition, offset, msg.value() or b"", decode_headers(list(msg.headers() or []))
-                    )
+                    DlqRecord(partition, offset, msg.value() or b"", decode_headers(header_pairs(msg)))
                 )
     finally:
         consumer.close()

@@ -7,9 +7,9 @@ import fastavro
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from capi_devstack.samples import order
 from consumer.decode import Decoder, parse_schema
 from consumer.errors import PipelineError
-from consumer.samples import order
 
 READER = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "order_event.avsc").read_text())
 

@@ -1,6 +1,6 @@
-from consumer.batch import Origin
 from consumer.dlq import HEADER_PREFIX, decode_headers, dlq_headers
 from consumer.errors import ErrorClass, Failure, Stage
+from consumer.source import Origin
 
 
 def test_context_headers_and_replay_keeps_first_origin() -> None:

@@ -1,17 +1,17 @@
-"""The metrics catalogue: help text, bounded label names, and the README's metrics reference."""
+"""The metrics catalogue: help text, bounded label names, and the metrics reference in docs/operations.md."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from prometheus_client import generate_latest
+from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from consumer import __version__
 from consumer.metrics import Metrics
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 # Every label is a configured name or a fixed code list: nothing per event or per customer.
 BOUNDED_LABELS = {
     "topic",
@@ -35,7 +35,7 @@ def _metrics(m: Metrics) -> list[MetricWrapperBase]:
 
 
 def _exported_name(metric: MetricWrapperBase) -> str:
-    return metric._name + ("_total" if metric._type == "counter" else "")
+    return str(metric._name) + ("_total" if metric._type == "counter" else "")
 
 
 def test_every_metric_has_help_a_prefix_and_bounded_labels() -> None:
@@ -59,19 +59,20 @@ def test_series_names_match_a_scrape() -> None:
     m = Metrics()
     for metric in _metrics(m):
         child = metric.labels(*["x"] * len(metric._labelnames)) if metric._labelnames else metric
-        if metric._type == "counter":
+        if isinstance(child, Counter):
             child.inc()
-        elif metric._type == "histogram":
+        elif isinstance(child, Histogram):
             child.observe(1)
         else:
+            assert isinstance(child, Gauge), metric
             child.set(1)
     text = generate_latest(m.registry).decode()
     scraped = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
     assert scraped == m.series_names()
 
 
-def test_readme_documents_every_metric_with_its_type_and_labels() -> None:
-    section = README.read_text().split("## Observability", 1)[1]
+def test_operations_doc_documents_every_metric_with_its_type_and_labels() -> None:
+    section = OPERATIONS.read_text().split("## Metrics reference", 1)[1]
     rows = {
         match[0]: (match[1], match[2].replace(" ", ""))
         for match in re.findall(r"^\| `(capi_[a-z_]+)` \| (\w+) \|([a-z_, ]*)\|", section, re.MULTILINE)
@@ -79,6 +80,6 @@ def test_readme_documents_every_metric_with_its_type_and_labels() -> None:
     metrics = _metrics(Metrics())
     for metric in metrics:
         name = _exported_name(metric)
-        assert name in rows, f"README's metrics reference lacks {name}"
+        assert name in rows, f"docs/operations.md's metrics reference lacks {name}"
         assert rows[name] == (metric._type, ",".join(metric._labelnames)), name
     assert len(rows) == len(metrics), set(rows) - {_exported_name(m) for m in metrics}

@@ -40,4 +40,5 @@ def test_settlements_after_revoke_are_ignored() -> None:
     # Re-assignment starts a fresh ledger; the old ticket cannot move it.
     ledger.assign(key)
     ledger.settle(ticket)
-    assert ledger.get(key) is not None and ledger.get(key).committable is None  # type: ignore[union-attr]
+    partition = ledger.get(key)
+    assert partition is not None and partition.committable is None

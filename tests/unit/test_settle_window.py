@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.pipeline import SettleWindow
+from consumer.dlq import SettleWindow
 
 
 def test_counts_only_the_last_window() -> None:

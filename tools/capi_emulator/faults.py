@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
-from consumer.emulator import errors
-from consumer.emulator.config import FaultSpec
-from consumer.emulator.errors import ApiError, json_path
+from capi_emulator import errors
+from capi_emulator.config import FaultSpec
+from capi_emulator.errors import ApiError, json_path
 
 # Kinds that replace the normal answer; the others (latency, reject_event_ids) modify it.
 RESPONSE_KINDS = frozenset(

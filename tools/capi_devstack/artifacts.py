@@ -27,13 +27,24 @@ class DevStackError(RuntimeError):
     """A problem the user can fix (missing tool, failed download, service that did not start)."""
 
 
+def checkout_dir() -> Path | None:
+    """The capi-consumer checkout this package runs from (it lives in `<checkout>/tools/capi_devstack/`).
+
+    None when the tools were installed from a wheel, away from any checkout.
+    """
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "tools" / "pyproject.toml").is_file():
+        return checkout
+    return None
+
+
 def cache_dir() -> Path:
     """The download cache: $CAPI_CACHE_DIR, the checkout's .cache/, or ~/.cache/capi-consumer."""
     env = os.environ.get("CAPI_CACHE_DIR")
     if env:
         return Path(env).resolve()
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").is_file():
+    checkout = checkout_dir()
+    if checkout is not None:
         return checkout / ".cache"
     return Path.home() / ".cache" / "capi-consumer"
 

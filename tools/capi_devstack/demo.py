@@ -24,17 +24,18 @@ from typing import Any
 
 import yaml
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from consumer import logs, samples
+from capi_devstack import DevStack, StackOptions, samples
+from consumer import logs
 from consumer.app import Service
 from consumer.config import load_config
-from consumer.devstack import DevStack, StackOptions
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+# The service's reader schemas, in the checkout the demo runs from (tools/capi_devstack/ -> ../../schemas).
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 TOKEN = "test-token"
 PIXEL = "1234567890"
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from consumer.devstack.artifacts import DevStackError
-from consumer.devstack.stack import DevStack, StackOptions
+from capi_devstack.artifacts import DevStackError
+from capi_devstack.stack import DevStack, StackOptions
 
 
 def build_parser() -> argparse.ArgumentParser:

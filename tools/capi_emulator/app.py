@@ -19,12 +19,12 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from consumer.emulator import errors
-from consumer.emulator.config import EmulatorConfig, FaultSpec, TokenConfig
-from consumer.emulator.errors import ApiError, new_fbtrace_id
-from consumer.emulator.faults import HTML_502_BODY, FaultRegistry, fault_error
-from consumer.emulator.store import RequestParams, Store
-from consumer.emulator.validation import validate_data
+from capi_emulator import errors
+from capi_emulator.config import EmulatorConfig, FaultSpec, TokenConfig
+from capi_emulator.errors import ApiError, new_fbtrace_id
+from capi_emulator.faults import HTML_502_BODY, FaultRegistry, fault_error
+from capi_emulator.store import RequestParams, Store
+from capi_emulator.validation import validate_data
 
 JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
 _REQUEST_FIELDS = (
@@ -163,6 +163,22 @@ def _decode_data(raw: Any) -> list[Any] | ApiError:
                 return errors.parameter_error(errors.json_path("data", index), "must be a JSON object.")
         decoded.append(item)
     return decoded
+
+
+async def posted_events(request: web.Request) -> list[Any]:
+    """The events a `POST .../events` request carries, decoded as the events handler decodes them.
+
+    Any of the three encodings of `data` (JSON array, JSON string, array of JSON strings) in the query
+    string, a JSON, form or multipart body; `[]` when the body or `data` is malformed. Meant for
+    middleware that looks at requests the handler has answered (the benchmark's receipt probe): aiohttp
+    keeps the body it read, so a second look only re-parses it.
+    """
+    try:
+        params, _ = await _read_params(request)
+    except _BadBody:
+        return []
+    data = _decode_data(params.get("data"))
+    return data if isinstance(data, list) else []
 
 
 def _request_params(params: dict[str, Any]) -> RequestParams | ApiError:

@@ -2,7 +2,7 @@
 
 In-process use (tests of other modules)::
 
-    from consumer.emulator import EmulatorConfig, start_in_thread
+    from capi_emulator import EmulatorConfig, start_in_thread
 
     with start_in_thread(EmulatorConfig()) as emu:
         post_to(emu.base_url + "/v26.0/1234567890/events", ...)
@@ -10,9 +10,9 @@ In-process use (tests of other modules)::
 `create_app(config)` gives the bare aiohttp application; `capi-emulator` serves it from the shell.
 """
 
-from consumer.emulator.app import EMULATOR_KEY, Emulator, create_app
-from consumer.emulator.config import EmulatorConfig, FaultSpec, TokenConfig, load_config
-from consumer.emulator.server import RunningEmulator, start_in_thread
+from capi_emulator.app import EMULATOR_KEY, Emulator, create_app, posted_events
+from capi_emulator.config import EmulatorConfig, FaultSpec, TokenConfig, load_config
+from capi_emulator.server import RunningEmulator, start_in_thread
 
 __all__ = [
     "EMULATOR_KEY",
@@ -23,5 +23,6 @@ __all__ = [
     "TokenConfig",
     "create_app",
     "load_config",
+    "posted_events",
     "start_in_thread",
 ]

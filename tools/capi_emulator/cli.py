@@ -16,9 +16,9 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from consumer.emulator.app import create_app
-from consumer.emulator.config import EmulatorConfig, load_config
-from consumer.emulator.server import base_url, start_site
+from capi_emulator.app import create_app
+from capi_emulator.config import EmulatorConfig, load_config
+from capi_emulator.server import base_url, start_site
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from consumer.emulator import errors
-from consumer.emulator.config import DAY_S, EmulatorConfig
-from consumer.emulator.errors import ApiError, json_path
+from capi_emulator import errors
+from capi_emulator.config import DAY_S, EmulatorConfig
+from capi_emulator.errors import ApiError, json_path
 
 ACTION_SOURCES = frozenset(
     {

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumer.devstack.artifacts import DevStackError, apicurio_home, find_java, kafka_libs
-from consumer.devstack.processes import ManagedProcess, free_port, port_is_free, wait_until
+from capi_devstack.artifacts import DevStackError, apicurio_home, find_java, kafka_libs
+from capi_devstack.processes import ManagedProcess, free_port, port_is_free, wait_until
 
 KAFKA_START_TIMEOUT_S = 120.0
 REGISTRY_START_TIMEOUT_S = 120.0
@@ -257,7 +257,7 @@ class DevStack:
         return url
 
     def _start_emulator(self) -> str:
-        argv = [sys.executable, "-m", "consumer.emulator.cli", "--host", "127.0.0.1", "--port", "0"]
+        argv = [sys.executable, "-m", "capi_emulator.cli", "--host", "127.0.0.1", "--port", "0"]
         if self.options.emulator_config is not None:
             argv += ["--config", str(self.options.emulator_config)]
         edir = self.state_dir / "emulator"

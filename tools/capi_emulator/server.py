@@ -9,8 +9,8 @@ from types import TracebackType
 
 from aiohttp import web
 
-from consumer.emulator.app import EMULATOR_KEY, Emulator, create_app
-from consumer.emulator.config import EmulatorConfig
+from capi_emulator.app import EMULATOR_KEY, Emulator, create_app
+from capi_emulator.config import EmulatorConfig
 
 # Handlers parked by a no_response fault must not hold up shutdown for their whole hold time.
 SHUTDOWN_TIMEOUT_S = 0.5
