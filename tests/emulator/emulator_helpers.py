@@ -79,6 +79,9 @@ class Client:
     def post_admin(self, path: str, payload: Any) -> requests.Response:
         return self.http.post(f"{self.base}/_emulator/{path}", json=payload, timeout=10)
 
+    def delete_admin(self, path: str) -> requests.Response:
+        return self.http.delete(f"{self.base}/_emulator/{path}", timeout=10)
+
     def fault(self, **spec: Any) -> dict[str, Any]:
         resp = self.post_admin("faults", spec)
         assert resp.status_code == 201, resp.text

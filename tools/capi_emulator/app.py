@@ -1,7 +1,7 @@
 """The aiohttp application: `POST /{version}/{pixel_id}/events` as Meta answers it, plus `/_emulator/*`.
 
-Checks run in Graph's order (version, token, appsecret_proof, pixel permission, parameters), so a
-request with several problems gets the error Meta would report first.
+Checks run in Graph's order (version, token, appsecret_proof, pixel visibility, permission,
+parameters), so a request with several problems gets the error Meta would report first.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ class Emulator:
 
     def reset(self) -> None:
         """Back to the configured state: tokens, faults from the file, nothing stored, zero counters."""
-        self.tokens = {k: v.model_copy(deep=True) for k, v in self.config.tokens.items()}
+        # TokenConfig is immutable, so the run-time table can share the configured values: a reset with
+        # 10,000 tokens costs one dict copy.
+        self.tokens = dict(self.config.tokens)
         self.faults.clear()
         for spec in self.config.faults:
             self.faults.add(spec)
@@ -194,6 +196,11 @@ def _request_params(params: dict[str, Any]) -> RequestParams | ApiError:
     return RequestParams(**values)
 
 
+def _log_params(out: _Outcome, params: RequestParams | ApiError) -> None:
+    if isinstance(params, RequestParams):
+        out.params = params
+
+
 def _check_auth(emu: Emulator, token: str | None, params: dict[str, Any], pixel_id: str) -> ApiError | None:
     if token is None:
         return errors.missing_token()
@@ -210,8 +217,12 @@ def _check_auth(emu: Emulator, token: str | None, params: dict[str, Any], pixel_
                 return errors.invalid_appsecret_proof()
         elif tok.require_appsecret_proof:
             return errors.missing_appsecret_proof()
+    # A pixel the token cannot see does not exist for it (100/33), whatever the token's permissions;
+    # only a visible pixel gets the permission error.
     if not tok.allows(pixel_id):
         return errors.unknown_pixel(pixel_id)
+    if tok.missing_permission:
+        return errors.missing_permission()
     return None
 
 
@@ -247,19 +258,23 @@ async def _events_answer(
     try:
         params, out_size = await _read_params(request)
     except _BadBody as exc:
-        token = _token_from(request, dict(request.query))
-        auth_err = _check_auth(emu, token, dict(request.query), pixel_id)
+        query = dict(request.query)
+        _log_params(out, _request_params(query))
+        auth_err = _check_auth(emu, _token_from(request, query), query, pixel_id)
         return _error_response(auth_err or errors.invalid_parameter(str(exc)), out)
     out.body_bytes = out_size
+
+    # Logged before the checks, so that a rejected call (a client's test event answered 190, 200 or
+    # 100/33) still shows its test_event_code and partner_agent in /_emulator/requests.
+    req_params = _request_params(params)
+    _log_params(out, req_params)
 
     auth_err = _check_auth(emu, _token_from(request, params), params, pixel_id)
     if auth_err is not None:
         return _error_response(auth_err, out)
 
-    req_params = _request_params(params)
     if isinstance(req_params, ApiError):
         return _error_response(req_params, out)
-    out.params = req_params
 
     data = _decode_data(params.get("data"))
     if isinstance(data, ApiError):
@@ -448,46 +463,116 @@ async def delete_faults(request: web.Request) -> web.Response:
     return _json({"cleared": cleared})
 
 
-def _token_listing(emu: Emulator) -> dict[str, Any]:
+def _token_view(cfg: TokenConfig) -> dict[str, Any]:
     return {
-        "tokens": {
-            token: {
-                "pixels": cfg.pixels,
-                "expired": cfg.expired,
-                "has_app_secret": cfg.app_secret is not None,
-                "require_appsecret_proof": cfg.require_appsecret_proof,
-            }
-            for token, cfg in emu.tokens.items()
-        }
+        "pixels": cfg.pixels,
+        "expired": cfg.expired,
+        "missing_permission": cfg.missing_permission,
+        "has_app_secret": cfg.app_secret is not None,
+        "require_appsecret_proof": cfg.require_appsecret_proof,
     }
 
 
+def _token_listing(emu: Emulator) -> dict[str, Any]:
+    return {"tokens": {token: _token_view(cfg) for token, cfg in emu.tokens.items()}}
+
+
+def _token_answer(
+    emu: Emulator, tokens: dict[str, TokenConfig], deleted: list[str] | None = None
+) -> web.Response:
+    """The shape every /_emulator/tokens answer shares: the tokens concerned, the total, deletions."""
+    body: dict[str, Any] = {
+        "count": len(emu.tokens),
+        "tokens": {token: _token_view(cfg) for token, cfg in tokens.items()},
+    }
+    if deleted is not None:
+        body["deleted"] = deleted
+    return _json(body)
+
+
 async def get_tokens(request: web.Request) -> web.Response:
-    return _json(_token_listing(request.app[EMULATOR_KEY]))
+    emu = request.app[EMULATOR_KEY]
+    return _token_answer(emu, emu.tokens)
+
+
+async def get_token(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR_KEY]
+    token = request.match_info["token"]
+    cfg = emu.tokens.get(token)
+    if cfg is None:
+        return _admin_error(f"unknown token {token!r}", 404)
+    return _token_answer(emu, {token: cfg})
+
+
+class _TokenEntryError(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _staged_token(
+    emu: Emulator, staged: dict[str, TokenConfig | None], entry: Any
+) -> tuple[str, TokenConfig | None]:
+    """One entry of a POST applied on top of the table as already changed by the earlier entries:
+    (token, its new config), or (token, None) for a deletion."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("token"), str) or not entry["token"]:
+        raise _TokenEntryError('each entry must be an object with a non-empty "token"')
+    fields = dict(entry)
+    token: str = fields.pop("token")
+    delete = fields.pop("delete", False)
+    if not isinstance(delete, bool):
+        raise _TokenEntryError(f'token {token!r}: "delete" must be true or false')
+    current = staged[token] if token in staged else emu.tokens.get(token)
+    if delete:
+        if current is None:
+            raise _TokenEntryError(f"unknown token {token!r}", 404)
+        return token, None
+    # A partial update: fields not sent keep their value; an unknown token needs "pixels".
+    merged = {**(current.model_dump() if current is not None else {}), **fields}
+    try:
+        return token, TokenConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise _TokenEntryError(f"token {token!r}: {exc}") from exc
 
 
 async def post_tokens(request: web.Request) -> web.Response:
-    """Create, change (e.g. expire / restore) or delete a token at run time.
+    """Create, change (expire / restore / revoke permission / re-grant pixels) or delete tokens.
 
-    Body: {"token": "...", "expired": bool?, "pixels": [...]?, "app_secret": str?,
-    "require_appsecret_proof": bool?, "delete": bool?}. Unknown tokens need "pixels".
+    Body: one entry or a JSON list of entries, applied in order and all-or-nothing. An entry is
+    {"token": "...", "pixels": [...]?, "expired": bool?, "missing_permission": bool?,
+    "app_secret": str?, "require_appsecret_proof": bool?, "delete": bool?}; fields left out keep their
+    current value, an unknown token needs "pixels". Answer: {"count": total tokens, "tokens": {the
+    tokens created or changed}, "deleted": [...]}; a bad entry → 400 (404 for deleting an unknown
+    token) with "error" (and "index" for a list) and nothing applied.
     """
     emu = request.app[EMULATOR_KEY]
     payload = await _json_body(request)
-    if not isinstance(payload, dict) or not isinstance(payload.get("token"), str) or not payload["token"]:
-        return _admin_error('body must be an object with a non-empty "token"')
-    token = payload.pop("token")
-    if payload.pop("delete", False):
-        if emu.tokens.pop(token, None) is None:
-            return _admin_error(f"unknown token {token!r}", 404)
-        return _json(_token_listing(emu))
-    current = emu.tokens.get(token)
-    merged = {**(current.model_dump() if current else {}), **payload}
-    try:
-        emu.tokens[token] = TokenConfig.model_validate(merged)
-    except ValidationError as exc:
-        return _admin_error(str(exc))
-    return _json(_token_listing(emu))
+    entries = payload if isinstance(payload, list) else [payload]
+    staged: dict[str, TokenConfig | None] = {}
+    for index, entry in enumerate(entries):
+        try:
+            token, cfg = _staged_token(emu, staged, entry)
+        except _TokenEntryError as exc:
+            body: dict[str, Any] = {"error": str(exc)}
+            if isinstance(payload, list):
+                body["index"] = index
+            return _json(body, exc.status)
+        staged[token] = cfg
+    for token, cfg in staged.items():
+        if cfg is None:
+            emu.tokens.pop(token, None)
+        else:
+            emu.tokens[token] = cfg
+    changed = {token: cfg for token, cfg in staged.items() if cfg is not None}
+    return _token_answer(emu, changed, [token for token, cfg in staged.items() if cfg is None])
+
+
+async def delete_token(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR_KEY]
+    token = request.match_info["token"]
+    if emu.tokens.pop(token, None) is None:
+        return _admin_error(f"unknown token {token!r}", 404)
+    return _token_answer(emu, {}, [token])
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -522,5 +607,7 @@ def create_app(
     app.router.add_delete("/_emulator/faults/{fault_id}", delete_faults)
     app.router.add_get("/_emulator/tokens", get_tokens)
     app.router.add_post("/_emulator/tokens", post_tokens)
+    app.router.add_get("/_emulator/tokens/{token}", get_token)
+    app.router.add_delete("/_emulator/tokens/{token}", delete_token)
     app.router.add_route("*", "/{tail:.*}", handle_unknown)
     return app

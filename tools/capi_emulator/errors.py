@@ -122,6 +122,16 @@ def unknown_pixel(pixel_id: str) -> ApiError:
     )
 
 
+def missing_permission() -> ApiError:
+    """Code 200, the generic "Permissions error" of Graph's 200-299 permission range (reference §6).
+
+    HTTP 403 and the "(#200) Permissions error" text are what Graph sends for code 200 on other edges
+    (published captures); Meta documents neither the status nor the text for the events edge. No
+    subcode, as in every captured code-200 answer. [INF for the events edge]
+    """
+    return ApiError(code=200, message="(#200) Permissions error", http_status=403)
+
+
 def invalid_parameter(message: str) -> ApiError:
     """A top-level parameter problem (`data` absent or not an array, too many events) [INF wording]."""
     return ApiError(code=100, message=f"(#100) {message}")
