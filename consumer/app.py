@@ -7,12 +7,14 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from consumer import health
 from consumer.batch import Batcher
-from consumer.config import DLQ_SUFFIX, AppConfig
+from consumer.check import check_destination
+from consumer.config import DLQ_SUFFIX, TENANT_PREFIX, AppConfig
 from consumer.decode import Decoder, parse_schema
 from consumer.deliver import Deliverer, Destination, GraphClient, RetryPolicy
 from consumer.dlq import DeadLetterGuard, DeadLetterWriter, GuardLimits
@@ -20,14 +22,18 @@ from consumer.dlq_monitor import DeadLetterMonitor
 from consumer.mapping import Mapper
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetLedger
-from consumer.pipeline import Pipeline, PipelineParts
-from consumer.replay import LIVE, ReplayPolicy
-from consumer.source import KafkaSource
+from consumer.park import ParkingLot, TenantBook
+from consumer.pipeline import Parking, Pipeline, PipelineParts
+from consumer.replay import Policy, ReplayPolicy
+from consumer.route import Router
+from consumer.source import KafkaSource, ensure_copy_topics
+from consumer.tenants import FileTenantSource, RegistryTopic, SecretStore, TenantRegistry, TenantSync
 
 log = logging.getLogger(__name__)
 
 
 def build_destinations(config: AppConfig) -> dict[str, Destination]:
+    """The fixed destinations (platform.partner_agent unless a destination sets its own)."""
     destinations = {}
     for name, dest in config.destinations.items():
         token = dest.access_token
@@ -38,9 +44,30 @@ def build_destinations(config: AppConfig) -> dict[str, Destination]:
             pixel_id=dest.pixel_id,
             token=token.get_secret_value(),
             test_event_code=dest.test_event_code,
-            partner_agent=dest.partner_agent,
+            partner_agent=dest.partner_agent or config.platform.partner_agent,
         )
     return destinations
+
+
+def build_tenants(
+    config: AppConfig, on_changes: Callable[[set[str], float], None] | None
+) -> TenantSync | None:
+    """Platform mode's registry and its sources, or None when no tenant registry is configured."""
+    sources = config.platform.tenants
+    if sources is None:
+        return None
+    registry = TenantRegistry(SecretStore(config.platform.secrets_dir))
+    topic = None
+    if sources.topic is not None:
+        conf = {**config.consumer_properties(), "group.id": config.kafka.group_id + "-tenants"}
+        topic = RegistryTopic(conf, sources.topic)
+    return TenantSync(
+        registry,
+        file=FileTenantSource(sources.file) if sources.file is not None else None,
+        topic=topic,
+        interval_s=config.platform.reload_interval_s,
+        on_changes=on_changes,
+    )
 
 
 def build_decoder(config: AppConfig) -> Decoder:
@@ -71,6 +98,7 @@ def build_pipeline(
     mapper: Mapper | None = None,
     *,
     replay: ReplayPolicy | None = None,
+    tenants: TenantSync | None = None,
 ) -> Pipeline:
     """The live pipeline, or with `replay` the one that reads the dead-letter topics."""
     ledger = OffsetLedger()
@@ -78,12 +106,45 @@ def build_pipeline(
     group = config.kafka.group_id
     topics = list(config.topics)
     dlq_topics = {name: topic.dlq_topic for name, topic in config.topics.items()}
+    parked_topics = config.parked_topics  # parked topic -> source topic
+    parking = None
     if replay is not None:
         group = consumer_conf["group.id"] = config.replay_group_id
         topics = sorted({t for t, _p in replay.end_offsets})
+    elif parked_topics:
+        topics += sorted(parked_topics)
+        by_source = {source: parked for parked, source in parked_topics.items()}
+        parking = Parking(
+            lot=ParkingLot(
+                initial_backoff_s=config.platform.probe_initial_backoff_s,
+                max_backoff_s=config.platform.probe_max_backoff_s,
+            ),
+            book=TenantBook(),
+            writer=DeadLetterWriter(
+                config.producer_properties(),
+                group_id=group,
+                topic_for=lambda topic: by_source[topic],
+                write_timeout_s=config.dlq.write_timeout_s,
+            ),
+            topics=frozenset(parked_topics),
+            pass_interval_s=config.platform.parked_pass_interval_s,
+        )
+    platform = config.platform
+    router = Router(
+        build_destinations(config),
+        tenants.registry if tenants is not None else None,
+        partner_agent=platform.partner_agent,
+        unknown_tenant=platform.unknown_tenant,
+        status_tenants=frozenset(platform.status_tenants),
+        park_tenants=parking is not None,
+    )
     parts = PipelineParts(
         source=KafkaSource(
-            consumer_conf, topics, ledger, end_offsets=replay.end_offsets if replay is not None else None
+            consumer_conf,
+            topics,
+            ledger,
+            end_offsets=replay.end_offsets if replay is not None else None,
+            bounded_topics=parked_topics if parking is not None else (),
         ),
         ledger=ledger,
         decoder=build_decoder(config),
@@ -111,7 +172,7 @@ def build_pipeline(
                 parked_dead_letter_after_s=config.dlq.parked_dead_letter_after_s,
             ),
         ),
-        destinations=build_destinations(config),
+        router=router,
         destination_topics={
             name: {t for t, topic in config.topics.items() if topic.destination == name}
             for name in config.destinations
@@ -121,9 +182,26 @@ def build_pipeline(
         max_in_flight_bytes=config.limits.max_in_flight_bytes,
         drain_deadline_s=config.shutdown.drain_deadline_s,
         guard=DeadLetterGuard(GuardLimits(config.dlq.max_ratio, config.dlq.window_s, config.dlq.min_events)),
-        policy=replay or LIVE,
+        policy=replay or Policy(parked_topics),
+        parking=parking,
     )
-    return Pipeline(parts)
+    pipeline = Pipeline(parts)
+    if tenants is not None:
+        parts.on_turn = _tenant_upkeep(tenants, pipeline, config.platform.reload_interval_s)
+    return pipeline
+
+
+def _tenant_upkeep(tenants: TenantSync, pipeline: Pipeline, interval_s: float) -> Callable[[float], None]:
+    """Each loop turn: follow the registry; every `interval_s` export the tenants by state."""
+    last = [float("-inf")]
+
+    def upkeep(now: float) -> None:
+        tenants.tick(now)
+        if now - last[0] >= interval_s:
+            last[0] = now
+            pipeline.export_tenants()
+
+    return upkeep
 
 
 class Service:
@@ -136,8 +214,38 @@ class Service:
         self.replay = replay
         self.metrics = Metrics()
         self.client = build_client(config)
-        self.pipeline = build_pipeline(config, self.metrics, self.client, mapper, replay=replay)
+        self._checks: set[asyncio.Task[None]] = set()
+        self.tenants = build_tenants(config, self._tenants_changed)
+        self.pipeline = build_pipeline(
+            config, self.metrics, self.client, mapper, replay=replay, tenants=self.tenants
+        )
         self.metrics_port: int | None = None
+
+    def _tenants_changed(self, tenant_ids: set[str], now: float) -> None:
+        """A tenant appeared or its entry or token changed: test its connection, and let a parked
+        one's events go out again at once."""
+        parking = self.pipeline.p.parking
+        if parking is None:
+            return
+        parking.lot.probe_now(tenant_ids, now)
+        for tenant_id in sorted(tenant_ids):
+            destination = self.pipeline.p.router.resolve(TENANT_PREFIX + tenant_id)
+            if isinstance(destination, Destination):
+                task = asyncio.create_task(self._test_connection(tenant_id, destination))
+                self._checks.add(task)
+                task.add_done_callback(self._checks.discard)
+
+    async def _test_connection(self, tenant_id: str, destination: Destination) -> None:
+        result = await check_destination(self.client, destination, tenant_id)
+        parking = self.pipeline.p.parking
+        assert parking is not None
+        parking.book.connection_tested(tenant_id, result.verdict, result.checked_at)
+        log.info(
+            "tenant connection tested",
+            extra={"tenant": tenant_id, "pixel_id": result.pixel_id, "verdict": result.verdict},
+        )
+        if result.ok:
+            self.pipeline.release(tenant_id)
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set, drain, commit. Exit code 0 on a clean stop, 1 on a fatal error."""
@@ -148,6 +256,7 @@ class Service:
                 self.metrics,
                 loop_turned_at=lambda: pipeline.loop_turned_at or time.monotonic(),
                 ready=pipeline.readiness,
+                tenants=pipeline.tenant_status if self.tenants is not None else None,
             )
             runner, self.metrics_port = await health.start(
                 app, self.config.metrics.host, self.config.metrics.port
@@ -164,6 +273,17 @@ class Service:
             )
             monitor = asyncio.create_task(dlq_monitor.run(stop))
         try:
+            if self.tenants is not None:
+                sources = self.config.platform.tenants
+                assert sources is not None
+                # Every member routes by the same registry: read it to its end before the first event.
+                await asyncio.to_thread(self.tenants.load, sources.load_timeout_s)
+            if pipeline.p.parking is not None:
+                problems = await asyncio.to_thread(
+                    ensure_copy_topics, self.config.producer_properties(), self.config.parked_topics
+                )
+                for problem in problems:
+                    log.error("parked topic unavailable", extra={"error": problem})
             async with self.client:
                 await pipeline.run(stop)
         except Exception as exc:
@@ -178,6 +298,11 @@ class Service:
                 await asyncio.gather(monitor, return_exceptions=True)
             if runner is not None:
                 await runner.cleanup()
+            for check in list(self._checks):
+                check.cancel()
+            await asyncio.gather(*self._checks, return_exceptions=True)
+            if self.tenants is not None:
+                self.tenants.close()
         log.info("stopped", extra={"exit_code": code, "consumed": pipeline.stats.consumed})
         return code
 

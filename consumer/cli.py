@@ -45,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start from the oldest record, not where the last replay ended",
     )
+    chk = sub.add_parser(
+        "check",
+        help="send a test event to each chosen pixel (tenants, destinations) and report Meta's answer",
+    )
+    chk.add_argument("--config", required=True, help="YAML configuration file")
+    chk.add_argument("--tenant", action="append", default=[], help="a tenant id of the registry (repeatable)")
+    chk.add_argument(
+        "--destination", action="append", default=[], help="a configured destination (repeatable)"
+    )
+    chk.add_argument("--all", action="store_true", help="every destination and every tenant of the registry")
+    chk.add_argument("--test-event-code", default=None, help="Test Events code (default: each tenant's own)")
+    chk.add_argument("--json", action="store_true", help="a JSON array instead of one line per client")
     return parser
 
 

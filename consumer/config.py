@@ -204,6 +204,26 @@ def _int_to_str(value: Any) -> Any:
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 EnvName = Annotated[str, AfterValidator(_check_env_name)]
 FieldPath = Annotated[str, AfterValidator(_check_field_path)]
+
+PARTNER_AGENT_MAX = 22
+_PARTNER_AGENT = re.compile(r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+$")
+
+
+def _check_partner_agent(value: str | None) -> str | None:
+    """Meta: under 23 characters, at least two letters; documented shape `pl<PARTNER>-<PLATFORM_VERSION>-
+    <APP_VERSION>` (Meta's own plugins send `<platform>-<platform version>-<plugin version>`)."""
+    if value is None:
+        return None
+    if len(value) > PARTNER_AGENT_MAX:
+        raise ValueError(f"at most {PARTNER_AGENT_MAX} characters (Meta: under 23), got {len(value)}")
+    if sum(c.isalpha() for c in value) < 2:
+        raise ValueError("needs at least two letters")
+    if not _PARTNER_AGENT.match(value):
+        raise ValueError("expected pl<PARTNER>-<PLATFORM_VERSION>-<APP_VERSION>, e.g. plshopbuilder-3.2-1.4")
+    return value
+
+
+PartnerAgent = Annotated[str, AfterValidator(_check_partner_agent)]
 Scalar = Annotated[Any, AfterValidator(_check_scalar)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -587,14 +607,21 @@ class TopicConfig(_Model):
     kind: TopicKind
     reader_schema: ConfigPath
     writer_schema: ConfigPath | None = None
-    destination: Annotated[str, Field(min_length=1)]
+    destination: Annotated[str, Field(min_length=1)] | None = None
+    """A fixed destination for every event of the topic (exclusive with `tenant_field`)."""
+    tenant_field: FieldPath | None = None
+    """Platform mode: the record field holding the tenant id; each event goes to its tenant's pixel."""
     dlq_topic: Annotated[str, Field(pattern=_TOPIC_NAME.pattern)]
+    parked_topic: Annotated[str, Field(pattern=_TOPIC_NAME.pattern)]
+    """Platform mode: where the events of a tenant Meta refuses wait (`<topic>.parked` by default)."""
     send_event_types: list[str] | None = None
     event_names: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
     mapping: MappingSpec | None = None
 
     @model_validator(mode="after")
     def _check_kind(self) -> Self:
+        if (self.destination is None) == (self.tenant_field is None):
+            raise _Problems([("destination", "set exactly one of destination and tenant_field")])
         if self.kind == "custom":
             if self.mapping is None:
                 raise _Problems([("mapping", "field required for kind custom")])
@@ -642,7 +669,7 @@ class DestinationConfig(_Model):
     app_secret_env: EnvName | None = None
     app_secret_file: ConfigPath | None = None
     test_event_code: Annotated[str, Field(min_length=1)] | None = None
-    partner_agent: Annotated[str, Field(min_length=1)] | None = None
+    partner_agent: PartnerAgent | None = None
 
     _access_token: SecretStr | None = PrivateAttr(default=None)
     _app_secret: SecretStr | None = PrivateAttr(default=None)
@@ -757,8 +784,52 @@ class MetricsConfig(_Model):
     port: Annotated[int, Field(ge=0, le=65535)] = 9108
 
 
+class TenantSourcesConfig(_Model):
+    """Where the tenant registry comes from (either or both; a topic entry overrides a file entry)."""
+
+    file: ConfigPath | None = None
+    """A YAML/JSON file, or a directory of them (a mounted ConfigMap): tenant id -> entry."""
+    topic: Annotated[str, Field(pattern=_TOPIC_NAME.pattern)] | None = None
+    """A compacted topic: key = tenant id, value = JSON entry, empty value = removal."""
+    load_timeout_s: PositiveFloat = 60.0
+    """How long start-up may take to read the registry topic to its end."""
+
+    @model_validator(mode="after")
+    def _one_at_least(self) -> Self:
+        if self.file is None and self.topic is None:
+            raise _Problems([("file", "set file and/or topic")])
+        return self
+
+
+class PlatformConfig(_Model):
+    """Platform mode: events sent on behalf of many clients (tenants), one pixel and token each."""
+
+    partner_agent: PartnerAgent | None = None
+    """Sent with every request (destinations may set their own)."""
+    tenants: TenantSourcesConfig | None = None
+    secrets_dir: ConfigPath | None = None
+    """Token files, one per tenant, named after the tenant unless its entry says `token_file`."""
+    reload_interval_s: PositiveFloat = 5.0
+    """How often the tenants file, the token files and the registry topic are looked at again."""
+    unknown_tenant: Literal["dead_letter", "filter"] = "dead_letter"
+    """An event for a tenant the registry does not know: dead-letter it (reason unknown_tenant, so
+    replay can send it once the tenant exists) or filter it (counted, not sent)."""
+    status_tenants: list[str] = Field(default_factory=list)
+    """Tenants with their own metric series (the others are counted by state only)."""
+    probe_initial_backoff_s: PositiveFloat = 30.0
+    """A parked tenant's events go out again (as a probe) after this long, doubling while refused."""
+    probe_max_backoff_s: PositiveFloat = 1800.0
+    parked_pass_interval_s: PositiveFloat = 60.0
+    """How often the parked topics are read through even when no probe is due here (another member
+    of the group may have seen a tenant recover)."""
+
+
+TENANT_PREFIX = "tenant:"
+"""A tenant's destination is named `tenant:<id>` (fixed destinations keep their configured names)."""
 DLQ_SUFFIX = ".dlq"
 """A source topic's dead-letter topic is `<topic>.dlq` unless `topics.<t>.dlq_topic` names another."""
+PARKED_SUFFIX = ".parked"
+"""Platform mode: a source topic's parked topic is `<topic>.parked` unless `topics.<t>.parked_topic` says."""
 REPLAY_GROUP_SUFFIX = "-replay"
 """`capi-consumer replay` commits its progress as consumer group `<kafka.group_id>-replay`."""
 
@@ -770,6 +841,8 @@ def _default_dlq_topics(data: Any) -> Any:
         for name, topic in data["topics"].items():
             if isinstance(topic, dict) and topic.get("dlq_topic") is None:
                 topic = {**topic, "dlq_topic": name + DLQ_SUFFIX}
+            if isinstance(topic, dict) and topic.get("parked_topic") is None:
+                topic = {**topic, "parked_topic": name + PARKED_SUFFIX}
             topics[name] = topic
         data = {**data, "topics": topics}
     return data
@@ -781,12 +854,13 @@ class AppConfig(_Model):
     kafka: KafkaConfig
     schema_registry: SchemaRegistryConfig = Field(default_factory=SchemaRegistryConfig)
     topics: Annotated[dict[str, TopicConfig], Field(min_length=1)]
-    destinations: Annotated[dict[str, DestinationConfig], Field(min_length=1)]
+    destinations: dict[str, DestinationConfig] = Field(default_factory=dict, validate_default=True)
     capi: CapiConfig = Field(default_factory=CapiConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)
     dlq: DlqConfig = Field(default_factory=DlqConfig)
+    platform: PlatformConfig = Field(default_factory=PlatformConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
@@ -796,6 +870,16 @@ class AppConfig(_Model):
     @classmethod
     def _fill_dlq_topics(cls, data: Any) -> Any:
         return _default_dlq_topics(data)
+
+    @field_validator("destinations")
+    @classmethod
+    def _some_destination(
+        cls, value: dict[str, DestinationConfig], info: ValidationInfo
+    ) -> dict[str, DestinationConfig]:
+        topics = info.data.get("topics") or {}
+        if not value and not any(t.tenant_field for t in topics.values()):
+            raise ValueError("at least one destination (none needed when every topic has a tenant_field)")
+        return value
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
@@ -807,12 +891,18 @@ class AppConfig(_Model):
             if not _DEST_NAME.match(name):
                 problems.append((f"destinations.{name}", "names use letters, digits, '_' and '-'"))
         for name, topic in self.topics.items():
-            if topic.destination not in self.destinations:
-                known = ", ".join(sorted(self.destinations))
+            if topic.destination is not None and topic.destination not in self.destinations:
+                known = ", ".join(sorted(self.destinations)) or "none configured"
                 reason = f"unknown destination '{topic.destination}' (known: {known})"
                 problems.append((f"topics.{name}.destination", reason))
+            if topic.tenant_field is not None and self.platform.tenants is None:
+                reason = "needs platform.tenants (a tenants file or registry topic)"
+                problems.append((f"topics.{name}.tenant_field", reason))
             if topic.dlq_topic in self.topics:
                 problems.append((f"topics.{name}.dlq_topic", f"'{topic.dlq_topic}' is a source topic"))
+            if topic.tenant_field is not None and topic.parked_topic in self.topics:
+                reason = f"'{topic.parked_topic}' is a source topic"
+                problems.append((f"topics.{name}.parked_topic", reason))
         registry_topics = sorted(n for n, t in self.topics.items() if t.writer_schema is None)
         if registry_topics and self.schema_registry.url is None:
             reason = f"required because topic(s) {', '.join(registry_topics)} have no writer_schema"
@@ -832,6 +922,11 @@ class AppConfig(_Model):
     def dlq_topics(self) -> list[str]:
         """Every configured dead-letter topic, sorted."""
         return sorted({t.dlq_topic for t in self.topics.values()})
+
+    @property
+    def parked_topics(self) -> dict[str, str]:
+        """Platform mode: parked topic -> its source topic, for every topic routed by tenant."""
+        return {t.parked_topic: name for name, t in self.topics.items() if t.tenant_field is not None}
 
     # -- derived client settings (the one place config becomes librdkafka / registry settings) --
 

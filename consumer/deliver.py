@@ -1,6 +1,7 @@
 """Deliver stage: POST batches to the Graph API `/{version}/{pixel_id}/events`, retry, bisect.
 
-- One aiohttp session with keep-alive; a semaphore bounds requests in flight.
+- One aiohttp session with keep-alive; `FairSlots` bounds requests in flight and shares them out in
+  turn between destinations (tenants), so a noisy or slow client cannot starve the others.
 - The access token travels in an `Authorization: Bearer` header, never in a URL or a log line.
 - Transient errors (network, 5xx, HTML bodies, throttling, `is_transient`) are retried with capped
   exponential backoff and full jitter, waiting at least what `Retry-After` or
@@ -18,10 +19,11 @@ pause the partitions that feed a blocked destination. Delivery metrics are recor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,6 +35,7 @@ from consumer.clock import SYSTEM_CLOCK, Clock
 from consumer.errors import (
     DESTINATION_UNAVAILABLE,
     EVENT_EXPIRED,
+    TENANT_PARKED,
     ErrorClass,
     Failure,
     GraphError,
@@ -55,6 +58,16 @@ class Destination:
     token: str
     test_event_code: str | None = None
     partner_agent: str | None = None
+    parks: bool = False
+    """Platform mode: when Meta refuses the destination, fail its events at once as TENANT_PARKED
+    (the loop parks them) instead of holding them here while it backs off."""
+    metric_label: str = ""
+    """The `pixel` label of its metrics: the pixel id, or for a tenant not in
+    `platform.status_tenants` the shared value `tenants` (no per-tenant series by default)."""
+
+    @property
+    def pixel_label(self) -> str:
+        return self.metric_label or self.pixel_id
 
     def __repr__(self) -> str:
         return f"Destination(name={self.name!r}, pixel_id={self.pixel_id!r})"
@@ -92,6 +105,56 @@ def expires_at(event: PendingEvent) -> float:
     return event.event_time + window
 
 
+class FairSlots:
+    """At most `limit` requests in flight, handed out in turn across destinations: when requests
+    queue, each destination with a waiting request gets the next free slot in round-robin order, so
+    a client with many batches (or a slow one) cannot starve the others of request slots."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[None]:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+        else:
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(key, deque()).append(granted)
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._release()  # granted as we were cancelled: pass it on
+                else:
+                    queue = self._waiting.get(key)
+                    if queue is not None and granted in queue:
+                        queue.remove(granted)
+                        if not queue:
+                            del self._waiting[key]
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            key = next(iter(self._waiting))
+            queue = self._waiting.pop(key)
+            granted = queue.popleft()
+            if queue:
+                self._waiting[key] = queue  # back of the line: the others go first
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self._free += 1
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+
 class GraphClient:
     """Thin async client for the events edge."""
 
@@ -108,7 +171,7 @@ class GraphClient:
         self._version = api_version
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._limit = max_requests_in_flight
-        self._semaphore = asyncio.Semaphore(max_requests_in_flight)
+        self._slots = FairSlots(max_requests_in_flight)
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
 
@@ -135,14 +198,17 @@ class GraphClient:
         return b"".join(parts)
 
     async def post(self, destination: Destination, events: Sequence[PendingEvent]) -> Accepted | GraphError:
+        return await self.post_body(destination, self.body(destination, events))
+
+    async def post_body(self, destination: Destination, data: bytes) -> Accepted | GraphError:
+        """POST a ready request body (`{"data": [...], ...}`) to the destination's events edge."""
         assert self._session is not None, "use GraphClient as an async context manager"
         headers = {
             "Authorization": f"Bearer {destination.token}",
             "Content-Type": "application/json",
             "User-Agent": self._user_agent,
         }
-        data = self.body(destination, events)
-        async with self._semaphore:
+        async with self._slots.slot(destination.name):
             try:
                 async with self._session.post(
                     self.url(destination.pixel_id), data=data, headers=headers
@@ -262,7 +328,7 @@ class Deliverer:
                     outcomes.append((events[0], result.failure()))
                     return
                 middle = len(events) // 2
-                # Halves go out concurrently; the semaphore in the client still bounds requests.
+                # Halves go out concurrently; the client's slots still bound requests.
                 left: list[Outcome] = []
                 right: list[Outcome] = []
                 await asyncio.gather(
@@ -273,6 +339,10 @@ class Deliverer:
                 outcomes.extend(right)
                 return
             if result.error_class is ErrorClass.DESTINATION:
+                if destination.parks:
+                    failure = result.failure(TENANT_PARKED)
+                    outcomes.extend((e, failure) for e in events)
+                    return
                 parked_since = parked_since if parked_since is not None else clock.monotonic()
                 limit = self._policy.parked_dead_letter_after_s
                 if limit is not None and clock.monotonic() - parked_since >= limit:
@@ -300,12 +370,12 @@ class Deliverer:
             names[event.event_name] += 1
             age.observe(max(0.0, now - event.event_time))
         for name, n in names.items():
-            m.events_sent.labels(destination.pixel_id, name).inc(n)
+            m.events_sent.labels(destination.pixel_label, name).inc(n)
 
     def _answered(self, destination: Destination, result: Accepted | GraphError, seconds: float) -> None:
         m = self._metrics
         outcome = "accepted" if isinstance(result, Accepted) else str(result.error_class)
-        m.request_duration.labels(destination.pixel_id, outcome).observe(seconds)
+        m.request_duration.labels(destination.pixel_label, outcome).observe(seconds)
         if isinstance(result, GraphError) and result.code is not None:
             m.graph_errors.labels(str(result.code), str(result.subcode or "")).inc()
 
@@ -327,7 +397,7 @@ class Deliverer:
                 "attempt": attempt + 1,
             },
         )
-        self._metrics.retries.labels(destination.pixel_id, str(error.error_class)).inc()
+        self._metrics.retries.labels(destination.pixel_label, str(error.error_class)).inc()
         if self.state.enter(destination.name, error):
             log.error(
                 "destination parked",

@@ -19,6 +19,8 @@ class Stage(enum.StrEnum):
     DECODE = "decode"
     MAP = "map"
     VALIDATE = "validate"
+    ROUTE = "route"
+    """Platform mode: the event's tenant cannot be sent to (unknown to the registry)."""
     DELIVER = "deliver"
 
 
@@ -56,7 +58,16 @@ DECODE_REASONS = frozenset(
         EMPTY_VALUE,
     }
 )
+TENANT_PARKED = "tenant_parked"
+"""Not a dead-letter reason: Meta refused a tenant, its events wait in the parked topic (consumer.park)."""
 DELIVER_REASONS = frozenset({GRAPH_REJECTED_EVENT, EVENT_EXPIRED, DESTINATION_UNAVAILABLE})
+
+# Reason codes of the route stage (platform mode). An unknown tenant is dead-lettered (or, by
+# `platform.unknown_tenant: filter`, filtered) under UNKNOWN_TENANT; a disabled tenant's events are
+# filtered under TENANT_DISABLED.
+UNKNOWN_TENANT = "unknown_tenant"
+TENANT_DISABLED = "tenant_disabled"
+ROUTE_REASONS = frozenset({UNKNOWN_TENANT})
 
 
 def reason_codes() -> dict[Stage, frozenset[str]]:
@@ -67,6 +78,7 @@ def reason_codes() -> dict[Stage, frozenset[str]]:
         {
             mapping.MISSING_EVENT_NAME,
             mapping.MISSING_EVENT_ID,
+            mapping.MISSING_TENANT_ID,
             mapping.MISSING_EVENT_TIME,
             mapping.INVALID_EVENT_TIME,
         }
@@ -75,6 +87,7 @@ def reason_codes() -> dict[Stage, frozenset[str]]:
         Stage.DECODE: DECODE_REASONS,
         Stage.MAP: map_reasons,
         Stage.VALIDATE: validate.REJECTION_REASONS,
+        Stage.ROUTE: ROUTE_REASONS,
         Stage.DELIVER: DELIVER_REASONS,
     }
 

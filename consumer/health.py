@@ -1,9 +1,11 @@
-"""Operator endpoint: /metrics (Prometheus), /healthz (loop turning), /readyz (assigned, not parked)."""
+"""Operator endpoint: /metrics (Prometheus), /healthz (loop turning), /readyz (assigned, not parked),
+and in platform mode /tenants (each tenant's state; `?state=parked` filters)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,8 +20,10 @@ def create_app(
     *,
     loop_turned_at: Callable[[], float],
     ready: Callable[[], tuple[bool, str]],
+    tenants: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
-    """`loop_turned_at`: monotonic seconds of the consume loop's last turn; `ready`: (ready?, why)."""
+    """`loop_turned_at`: monotonic seconds of the consume loop's last turn; `ready`: (ready?, why);
+    `tenants`: the platform-mode tenant status, served at /tenants."""
 
     async def get_metrics(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -39,10 +43,20 @@ def create_app(
             {"status": "ready" if ok else "not ready", "reason": why}, status=200 if ok else 503
         )
 
+    async def get_tenants(request: web.Request) -> web.Response:
+        assert tenants is not None
+        status = tenants()
+        wanted = request.query.get("state")
+        if wanted:
+            status = {**status, "tenants": [t for t in status["tenants"] if t["state"] == wanted]}
+        return web.json_response(status)
+
     app = web.Application()
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if tenants is not None:
+        app.router.add_get("/tenants", get_tenants)
     return app
 
 

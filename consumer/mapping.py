@@ -46,6 +46,7 @@ from typing import Any, Literal
 from consumer.avro_json import SchemaIndex
 from consumer.canonical import builtin_mapping
 from consumer.config import (
+    TENANT_PREFIX,
     AppConfig,
     ConfigError,
     ContentsSpec,
@@ -82,6 +83,7 @@ FILTERED_BY_CONFIG = "filtered_by_config"
 # Rejected (stage "map") reasons
 MISSING_EVENT_NAME = "missing_event_name"
 MISSING_EVENT_ID = "missing_event_id"
+MISSING_TENANT_ID = "missing_tenant_id"
 MISSING_EVENT_TIME = "missing_event_time"
 INVALID_EVENT_TIME = "invalid_event_time"
 
@@ -399,7 +401,9 @@ class _Filter:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    destination: str
+    destination: str | None
+    """The fixed destination, or None: the tenant named by `tenant` (platform mode)."""
+    tenant: _Path | None
     spec: MappingSpec
     name_constant: str | None
     name_path: _Path | None
@@ -463,10 +467,18 @@ def _compile(
     for type_name, override in spec.record_types.items():
         per_type[type_name] = _compile_parts(c, f"record_types.{type_name}.", override, base)
 
+    tenant = None
+    if config.tenant_field is not None:
+        # Reported under the topic's own key, also for the built-in kinds.
+        t = _Checker(topic, schema, f"topics.{topic}", builtin=False)
+        tenant = t.path("tenant_field", config.tenant_field, _ID_KINDS)
+        c.problems += t.problems
+
     if c.problems or event_time is None or base is None or any(p is None for p in per_type.values()):
         return None, c.problems
     plan = _Plan(
         destination=config.destination,
+        tenant=tenant,
         spec=spec,
         name_constant=spec.event_name.constant,
         name_path=name_path,
@@ -671,7 +683,11 @@ class Mapper:
         rejection = validate_event(event, now=self._clock(), normalized=True)
         if rejection is not None:
             return Rejected("validate", rejection.reason, rejection.detail)
-        return Mapped(plan.destination, event, omitted)
+        destination = plan.destination
+        if destination is None:
+            assert plan.tenant is not None
+            destination = TENANT_PREFIX + _required_text(plan.tenant, record, MISSING_TENANT_ID)
+        return Mapped(destination, event, omitted)
 
     @staticmethod
     def _event_time(plan: _Plan, record: Mapping[str, Any]) -> int:
@@ -700,10 +716,14 @@ class Mapper:
 
 
 def _event_id(path: _Path, record: Mapping[str, Any]) -> str:
+    return _required_text(path, record, MISSING_EVENT_ID)
+
+
+def _required_text(path: _Path, record: Mapping[str, Any], reason: str) -> str:
     value = path.get(record)
     text = "" if value is None else str(value).strip()
     if not text:
-        raise _Reject(MISSING_EVENT_ID, f"{path.text} is null or empty")
+        raise _Reject(reason, f"{path.text} is null or empty")
     return text
 
 

@@ -112,6 +112,23 @@ class Metrics:
         self.destinations_parked = Gauge(
             "capi_destinations_parked", "Destinations currently parked", registry=r
         )
+        self.events_parked = Counter(
+            "capi_events_parked",
+            "Platform mode: records copied to a parked topic while their tenant is refused (acknowledged)",
+            ["topic"],
+            registry=r,
+        )
+        self.parked_oldest_event_age = Gauge(
+            "capi_parked_oldest_event_age_seconds",
+            "Platform mode: age of the oldest event a parked tenant holds (Meta refuses it at 7 days)",
+            registry=r,
+        )
+        self.tenants = Gauge(
+            "capi_tenants",
+            "Platform mode: tenants by state (ok, parked, disabled, invalid) in this member's view",
+            ["state"],
+            registry=r,
+        )
         self.in_flight_events = Gauge(
             "capi_in_flight_events", "Consumed records not yet committable", registry=r
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,15 +21,18 @@ import orjson
 
 from consumer.batch import Batch, Batcher, PendingEvent
 from consumer.clock import SYSTEM_CLOCK, Clock
+from consumer.config import TENANT_PREFIX
 from consumer.decode import Decoder
 from consumer.deliver import Deliverer, Destination
 from consumer.dlq import DeadLetterGuard, DeadLetters
-from consumer.errors import ErrorClass, Failure
+from consumer.errors import TENANT_PARKED, ErrorClass, Failure, Stage
 from consumer.mapping import Filtered, Mapped, Mapper, Rejected
 from consumer.metrics import MATCH_KEYS, Metrics
-from consumer.offsets import OffsetLedger, Ticket
+from consumer.offsets import OffsetLedger, Ticket, TopicPartitionKey
+from consumer.park import ParkingLot, TenantBook
 from consumer.process import process_record, rejection_failure
 from consumer.replay import LIVE, Policy
+from consumer.route import Router, Unroutable
 from consumer.source import Origin, Source
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,8 @@ class PipelineStats:
     dead_lettered: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     """Failures settled without a dead-letter copy (replay: events past Meta's window)."""
+    parked: int = 0
+    """Platform mode: records copied to a parked topic (settled there)."""
 
     @property
     def settled(self) -> int:
@@ -63,11 +68,31 @@ class PipelineStats:
             + sum(self.filtered.values())
             + self.failed
             + sum(self.skipped.values())
+            + self.parked
         )
 
     @property
     def failed(self) -> int:
         return sum(self.dead_lettered.values())
+
+
+@dataclass
+class Parking:
+    """Platform mode's parking: who is parked, where their events wait, how often to read them."""
+
+    lot: ParkingLot
+    book: TenantBook
+    writer: DeadLetters
+    """Writes parked copies (to the parked topic of `dlq_for`)."""
+    topics: frozenset[str]
+    """The parked topics (read in passes)."""
+    pass_interval_s: float = 60.0
+
+
+@dataclass
+class _Pass:
+    started: float
+    ends: dict[TopicPartitionKey, int]
 
 
 @dataclass
@@ -81,7 +106,7 @@ class PipelineParts:
     batcher: Batcher
     dlq: DeadLetters
     deliverer: Deliverer
-    destinations: dict[str, Destination]
+    router: Router
     destination_topics: dict[str, set[str]]
     """Destination name -> the source topics that feed it (paused together when it is blocked)."""
     metrics: Metrics
@@ -92,6 +117,9 @@ class PipelineParts:
     """None: dead-letter whatever fails (also when the policy turns the guard off)."""
     policy: Policy = LIVE
     clock: Clock = SYSTEM_CLOCK
+    parking: Parking | None = None
+    on_turn: Callable[[float], None] | None = None
+    """Called every loop turn with the monotonic time (platform mode: refresh the tenant registry)."""
 
 
 class Pipeline:
@@ -104,6 +132,9 @@ class Pipeline:
         self._overloaded = False
         self._lag_series: set[tuple[str, int]] = set()
         self._mapped_counters: dict[str, Any] = {}
+        self._pass: _Pass | None = None
+        self._last_pass_end = float("-inf")
+        self._pass_wanted = False
         self.loop_turned_at = 0.0
         """Monotonic time of the last loop turn (/healthz)."""
         self.turns = 0
@@ -130,6 +161,57 @@ class Pipeline:
             return False, "destination parked: " + ", ".join(self.parked)
         return True, "ok"
 
+    def tenant_status(self) -> dict[str, Any]:
+        """Platform mode: every tenant's state as this member sees it (`/tenants`)."""
+        p = self.p
+        registry = p.router.registry
+        if registry is None:
+            return {"tenants": [], "counts": {}}
+        lot = p.parking.lot if p.parking is not None else None
+        book = p.parking.book if p.parking is not None else None
+        rows: list[dict[str, Any]] = []
+        for tenant_id in registry.tenant_ids():
+            resolved = registry.resolve(tenant_id)
+            state: str = resolved.state
+            row: dict[str, Any] = {"tenant": tenant_id, "state": state}
+            if resolved.entry is not None:
+                row["pixel_id"] = resolved.entry.pixel_id
+            if resolved.problem is not None:
+                row["problem"] = resolved.problem
+            if lot is not None and tenant_id in lot.parked:
+                row["state"] = "parked"
+                row["parked_for_s"] = round(p.clock.monotonic() - lot.parked[tenant_id].since, 1)
+            activity = book.activity.get(tenant_id) if book is not None else None
+            if activity is not None:
+                row["last_success"] = activity.last_success
+                row["last_error"] = activity.last_error
+                row["events_waiting"] = activity.waiting
+                row["connection"] = activity.connection
+                row["connection_checked_at"] = activity.connection_checked_at
+            rows.append(row)
+        if book is not None:
+            rows += [{"tenant": t, "state": "unknown", "last_seen": seen} for t, seen in book.unknown.items()]
+        return {"tenants": rows, "counts": dict(Counter(r["state"] for r in rows))}
+
+    def release(self, tenant_id: str) -> None:
+        """A connection test passed: a parked tenant's events may go (the next pass reads them)."""
+        if self.p.parking is not None and self.p.parking.lot.release(tenant_id):
+            log.warning("tenant released: its connection test passed", extra={"tenant": tenant_id})
+            self._pass_wanted = True
+
+    def export_tenants(self) -> None:
+        """Tenants by state into `capi_tenants` (no per-tenant series)."""
+        counts = self.tenant_status()["counts"]
+        gauge = self.p.metrics.tenants
+        for state in ("ok", "parked", "disabled", "invalid", "unknown"):
+            gauge.labels(state).set(counts.get(state, 0))
+        if self.p.parking is not None:
+            self.p.metrics.parked_oldest_event_age.set(
+                self.p.parking.lot.oldest_event_age(self.p.clock.wall())
+            )
+            if self.p.router.registry is not None:
+                self.p.parking.book.keep_only(self.p.router.registry.tenant_ids())
+
     # -- the loop
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set (or the policy says it is finished), then drain within the
@@ -155,6 +237,11 @@ class Pipeline:
                     self._handle(origin)
                 for batch in p.batcher.due():
                     self._launch(batch)
+                if p.on_turn is not None:
+                    p.on_turn(now)
+                if p.parking is not None:
+                    p.parking.writer.poll()
+                    self._run_passes(now)
                 p.dlq.poll()
                 p.source.store_settled()
                 self._apply_pauses()
@@ -194,6 +281,10 @@ class Pipeline:
             return
         result = process_record(p.decoder, p.mapper, p.policy.route(origin), value)
         if isinstance(result, Mapped):
+            if p.parking is not None and origin.topic in p.parking.topics:
+                tenant = _tenant_of(result.destination)
+                if tenant is not None:
+                    p.parking.book.read_back(tenant)
             self._enqueue(result, origin, ticket)
         elif isinstance(result, Filtered):
             p.metrics.events_filtered.labels(result.reason).inc()
@@ -213,6 +304,17 @@ class Pipeline:
 
     def _enqueue(self, result: Mapped, origin: Origin, ticket: Ticket) -> None:
         p = self.p
+        route = p.router.resolve(result.destination)
+        if isinstance(route, Unroutable):
+            self._unroutable(route, origin, ticket)
+            return
+        parking = p.parking
+        if parking is not None and parking.lot.parked and parking.lot.holds(route.name, p.clock.monotonic()):
+            tenant = _tenant_of(route.name)
+            self._park(
+                origin, ticket, _HELD, requests=0, tenant=tenant, event_time=result.event["event_time"]
+            )
+            return
         for omission in result.omitted:
             p.metrics.identifiers_omitted.labels(omission.field, omission.reason).inc()
         event: dict[str, Any] = result.event
@@ -231,7 +333,7 @@ class Pipeline:
             record_timestamp_ms=origin.timestamp_ms,
             user_data_keys=tuple(event["user_data"]),
         )
-        for batch in p.batcher.add(result.destination, pending):
+        for batch in p.batcher.add(route.name, pending):
             self._launch(batch)
 
     def _settle(self, ticket: Ticket, *, failed: bool) -> None:
@@ -252,15 +354,32 @@ class Pipeline:
 
     async def _deliver(self, batch: Batch) -> None:
         p = self.p
-        destination = p.destinations[batch.destination]
+        destination = p.router.resolve(batch.destination)
+        if isinstance(destination, Unroutable):
+            # The tenant was removed or disabled while its events waited in the batch.
+            for event in batch.events:
+                self._unroutable(destination, event.origin, event.ticket)
+            return
         p.metrics.batch_size.observe(len(batch.events))
         outcomes = await p.deliverer.deliver(destination, batch.events)
         accepted_at = p.clock.wall()
         names: Counter[str] = Counter()
         keys: Counter[str] = Counter()
         latency = p.metrics.end_to_end_latency
+        parked = False
+        tenant = _tenant_of(destination.name)
         for event, failure in outcomes:
-            if failure is None:
+            if failure is not None and failure.reason == TENANT_PARKED:
+                parked = True
+                self._park(
+                    event.origin,
+                    event.ticket,
+                    failure,
+                    requests=event.attempts,
+                    tenant=tenant,
+                    event_time=event.event_time,
+                )
+            elif failure is None:
                 names[event.event_name] += 1
                 keys.update(event.user_data_keys)
                 if event.record_timestamp_ms is not None:
@@ -268,13 +387,138 @@ class Pipeline:
                 self._settle(event.ticket, failed=False)
             else:
                 self._fail(event.origin, failure, event.ticket, requests=event.attempts)
+        if p.parking is not None and destination.parks:
+            self._parked_or_released(destination, outcomes, parked=parked)
         # Counters once per batch and label set rather than per event.
         for name, n in names.items():
-            p.metrics.events_accepted.labels(destination.pixel_id, name).inc(n)
+            p.metrics.events_accepted.labels(destination.pixel_label, name).inc(n)
         self.stats.accepted.update(names)
         for key, n in keys.items():
             if key in _MATCH_KEY_SET:
-                p.metrics.match_keys.labels(destination.pixel_id, key).inc(n)
+                p.metrics.match_keys.labels(destination.pixel_label, key).inc(n)
+
+    # -- routing and parking (platform mode)
+    def _unroutable(self, route: Unroutable, origin: Origin, ticket: Ticket) -> None:
+        if route.unknown and self.p.parking is not None:
+            self.p.parking.book.saw_unknown(route.tenant, self.p.clock.wall())
+        if route.action == "filter":
+            self.p.metrics.events_filtered.labels(route.reason).inc()
+            self.stats.filtered[route.reason] += 1
+            self._settle(ticket, failed=False)
+            return
+        failure = Failure(Stage.ROUTE, route.reason, ErrorClass.PERMANENT, route.detail)
+        self.p.metrics.events_rejected.labels(str(Stage.ROUTE), route.reason).inc()
+        self._fail(origin, failure, ticket, requests=0)
+
+    def _parked_or_released(self, destination: Destination, outcomes: Sequence[Any], *, parked: bool) -> None:
+        assert self.p.parking is not None
+        lot, book = self.p.parking.lot, self.p.parking.book
+        tenant = destination.name[len(TENANT_PREFIX) :]
+        if parked:
+            failure = next(f for _e, f in outcomes if f is not None and f.reason == TENANT_PARKED)
+            book.refused(tenant, failure.message)
+            if lot.park(tenant, failure.message, self.p.clock.monotonic()):
+                log.error(
+                    "tenant parked: Meta refuses its token, permission or pixel; its events wait",
+                    extra={"tenant": tenant, "pixel_id": destination.pixel_id, "error": failure.message},
+                )
+            return
+        if any(f is None for _e, f in outcomes):
+            book.accepted(tenant, self.p.clock.wall())
+        if lot.release(tenant):
+            log.warning("tenant released: Meta accepts its events again", extra={"tenant": tenant})
+            self._pass_wanted = True  # what waits for it in the parked topics can go now
+
+    def _park(
+        self,
+        origin: Origin,
+        ticket: Ticket,
+        failure: Failure,
+        *,
+        requests: int,
+        tenant: str | None,
+        event_time: float,
+    ) -> None:
+        """Copy the record to its parked topic; it is settled once Kafka acknowledged the copy."""
+        p = self.p
+        assert p.parking is not None
+        book, lot = p.parking.book, p.parking.lot
+
+        def done(topic: str, error: str | None) -> None:
+            if error is None:
+                p.metrics.events_parked.labels(topic).inc()
+                self.stats.parked += 1
+                if tenant is not None:
+                    book.parked(tenant)
+                    lot.note_event(tenant, event_time)
+                self._settle(ticket, failed=False)
+            elif self._fatal is None:
+                self._fatal = FatalPipelineError(
+                    f"parking write to {topic} failed: {error} "
+                    f"(record {origin.topic}[{origin.partition}]@{origin.offset} not settled)"
+                )
+
+        p.parking.writer.send(
+            origin, failure, requests=requests, dlq_for=p.policy.route(origin), on_done=done
+        )
+
+    def _run_passes(self, now: float) -> None:
+        """Read the parked topics through, up to their end when the pass starts (see consumer.park)."""
+        p = self.p
+        parking = p.parking
+        assert parking is not None
+        source = p.source
+        current = self._pass
+        if current is not None:
+            # A partition is read through when a record at or past its end came (it is held again;
+            # librdkafka reports no position after the seek back) or its position reached the end.
+            positions = source.positions()
+            done = all(
+                key not in source.assigned
+                or (
+                    (key in source.at_end or positions.get(key, -1) >= end) and _in_flight(p.ledger, key) == 0
+                )
+                for key, end in current.ends.items()
+            )
+            if done:
+                parking.lot.postpone_unprobed(current.started, now)
+                self._pass = None
+                self._last_pass_end = now
+                log.info("parked topics read through", extra={"seconds": round(now - current.started, 3)})
+            return
+        due = (
+            self._pass_wanted
+            or parking.lot.probe_due(now)
+            or now - self._last_pass_end >= parking.pass_interval_s
+        )
+        if not due:
+            return
+        self._pass_wanted = False
+        ends: dict[TopicPartitionKey, int] = {}
+        positions = source.positions()
+        for key in sorted(source.assigned):
+            if key[0] not in parking.topics:
+                continue
+            high = source.high_watermark(key)
+            start = positions.get(key, -1)
+            ledger = p.ledger.get(key)
+            if ledger is not None and ledger.committable is not None:
+                start = max(start, ledger.committable)
+            if high is not None and high > max(start, 0):
+                source.read_until(key, high)
+                ends[key] = high
+        if ends:
+            self._pass = _Pass(now, ends)
+            log.info(
+                "reading the parked topics through",
+                extra={
+                    "partitions": {f"{t}[{p}]": [positions.get((t, p)), end] for (t, p), end in ends.items()},
+                    "parked_tenants": len(parking.lot.parked),
+                },
+            )
+        else:
+            parking.lot.postpone_unprobed(now, now)
+            self._last_pass_end = now
 
     # -- failures
     def _fail(self, origin: Origin, failure: Failure, ticket: Ticket, *, requests: int) -> None:
@@ -388,3 +632,15 @@ class Pipeline:
         except Exception as exc:
             log.error("final commit failed", extra={"error": str(exc)})
         p.source.close()
+
+
+_HELD = Failure(Stage.DELIVER, TENANT_PARKED, ErrorClass.DESTINATION, "tenant parked: held without a request")
+
+
+def _tenant_of(destination: str) -> str | None:
+    return destination[len(TENANT_PREFIX) :] if destination.startswith(TENANT_PREFIX) else None
+
+
+def _in_flight(ledger: OffsetLedger, key: TopicPartitionKey) -> int:
+    partition = ledger.get(key)
+    return partition.events_in_flight if partition is not None else 0

@@ -24,6 +24,7 @@ import datetime as dt
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -50,16 +51,23 @@ Ends = dict[TopicPartitionKey, tuple[int, int]]
 
 
 class Policy:
-    """How the run loop treats records. This class is live consumption; `ReplayPolicy` overrides it."""
+    """How the run loop treats records. This class is live consumption; `ReplayPolicy` overrides it.
+
+    `copies`: topics holding copies of a source topic's records (platform mode's parked topics,
+    parked topic -> source topic); their records are decoded and mapped as the source topic's.
+    """
 
     guard_dead_letters = True
     """Stop instead of dead-lettering when failures dominate (`consumer.dlq.DeadLetterGuard`)."""
     settles_without_copy: frozenset[str] = frozenset()
     """Failure reasons settled without a dead-letter copy."""
 
+    def __init__(self, copies: Mapping[str, str] | None = None) -> None:
+        self._copies = dict(copies or {})
+
     def route(self, origin: Origin) -> str:
         """The configured topic whose schema, mapping and dead-letter topic apply to a record."""
-        return origin.topic
+        return self._copies.get(origin.topic, origin.topic)
 
     def skip(self, origin: Origin) -> str | None:
         """A filtered reason to settle the record unprocessed, or None."""
@@ -95,6 +103,7 @@ class ReplayPolicy(Policy):
     settles_without_copy = EXPIRED_REASONS
 
     def __init__(self, config: AppConfig, ends: Ends, flt: ReplayFilter) -> None:
+        super().__init__()
         self._topics = set(config.topics)
         self._by_dlq = {t.dlq_topic: name for name, t in config.topics.items()}
         self._filter = flt
@@ -115,8 +124,12 @@ class ReplayPolicy(Policy):
         """Every partition read up to its end at start-up and everything read is settled."""
         if not idle or not set(self._pending) <= source.assigned:
             return False
+        # At its end a partition is held (a record past the end came back, and librdkafka reports
+        # no position after the seek back) or its position reached the end.
         positions = source.positions()
-        return all(positions.get(key, -1) >= end for key, end in self._pending.items())
+        return all(
+            key in source.at_end or positions.get(key, -1) >= end for key, end in self._pending.items()
+        )
 
 
 def parse_time(text: str | None) -> int | None:

@@ -10,10 +10,12 @@ On revoke, the revoked partitions' settled watermark is committed and their unse
 abandoned: the next owner re-reads them, and Meta deduplicates the resends because the order ID is
 the event_id. On lost, nothing is committed.
 
-A bounded source (`end_offsets`, what replay reads) hands out only the records below each partition's
-end offset: a record at or past it is dropped untracked and its partition stays paused, so nothing
-appended after the end was taken (its own re-dead-lettered copies, the live consumer's new failures)
-is processed or committed; the next replay reads it.
+A bounded partition hands out only the records below its end offset: a record at or past it is
+dropped untracked, the partition is paused and its position set back to the end. Replay bounds every
+partition by its end at start-up (`end_offsets`), so nothing appended after that (its own
+re-dead-lettered copies, the live consumer's new failures) is processed or committed. Platform mode
+bounds its parked topics (`bounded_topics`): they stay paused until a pass is opened up to their
+current end (`read_until`), so the copies a pass parks again wait for the next pass.
 
 `PartitionSource` holds that bookkeeping once; `KafkaSource` adds the confluent-kafka consumer, and
 the tests' in-memory source adds a list of records, so both run the same rules.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.errors import kafka_error_class
 from consumer.offsets import OffsetLedger, TopicPartitionKey
@@ -69,10 +72,13 @@ class Origin:
 
 
 class Source(Protocol):
-    """What the run loop needs from a source of records; call it from the loop's thread only."""
+    """What the run loop needs from a source of records; call it from the loop's thread only.
+    `PartitionSource` implements the bookkeeping once for `KafkaSource` and the tests' memory source."""
 
     assigned: set[TopicPartitionKey]
     paused_partitions: set[TopicPartitionKey]
+    at_end: set[TopicPartitionKey]
+    """Bounded partitions held at their end offset."""
     fatal_error: str | None
     """Set when the source can no longer be used (the loop stops without committing further)."""
 
@@ -88,8 +94,14 @@ class Source(Protocol):
 
     def apply_pauses(self, *, all_topics: bool, topics: set[str]) -> None: ...
 
+    def read_until(self, key: TopicPartitionKey, end: int) -> None:
+        """Let a bounded partition be read up to `end` (exclusive)."""
+        ...
+
+    def high_watermark(self, key: TopicPartitionKey) -> int | None: ...
+
     def positions(self) -> dict[TopicPartitionKey, int]:
-        """Next offset the application will read, per assigned partition."""
+        """Next offset the application will read, per assigned partition (negative: unknown)."""
         ...
 
     def lag(self) -> dict[TopicPartitionKey, int]: ...
@@ -127,11 +139,16 @@ class PartitionSource(abc.ABC):
         ledger: OffsetLedger,
         *,
         end_offsets: Mapping[TopicPartitionKey, int] | None = None,
+        bounded_topics: Iterable[str] = (),
         on_partitions_changed: Callable[[], None] | None = None,
     ) -> None:
-        """`end_offsets`: read each partition only below this offset (a partition not named: none of it)."""
+        """`end_offsets`: every partition is bounded, read only below this offset (a partition not
+        named: none of it). `bounded_topics`: these topics' partitions are bounded, closed until
+        `read_until` opens them."""
         self._ledger = ledger
-        self._ends = dict(end_offsets) if end_offsets is not None else None
+        self._all_bounded = end_offsets is not None
+        self._bounded_topics = frozenset(bounded_topics)
+        self._ends: dict[TopicPartitionKey, int] = dict(end_offsets or {})
         self._on_changed = on_partitions_changed
         self._pause_all = False
         self._pause_topics: set[str] = set()
@@ -172,11 +189,31 @@ class PartitionSource(abc.ABC):
     def _commit(self, offsets: list[tuple[TopicPartitionKey, int]]) -> None:
         """Commit offsets synchronously."""
 
+    @abc.abstractmethod
+    def _seek(self, key: TopicPartitionKey, offset: int) -> None:
+        """Set the next offset read from an assigned partition."""
+
+    @abc.abstractmethod
+    def high_watermark(self, key: TopicPartitionKey) -> int | None:
+        """The partition's end now (may ask the broker), None when unknown."""
+
+    def bounded(self, key: TopicPartitionKey) -> bool:
+        return self._all_bounded or key[0] in self._bounded_topics
+
+    def read_until(self, key: TopicPartitionKey, end: int) -> None:
+        """Let a bounded partition be read up to `end` (exclusive); it is paused again there."""
+        self._ends[key] = end
+        self.at_end.discard(key)
+
     # -- rebalance bookkeeping
     def _assigned(self, keys: list[TopicPartitionKey]) -> None:
         for key in keys:
             self._ledger.assign(key)
             self.assigned.add(key)
+            if key[0] in self._bounded_topics:
+                # A parked topic's partition is closed until a pass opens it.
+                self._ends.pop(key, None)
+                self.at_end.add(key)
         # Partitions that arrive while we hold back their topic must start paused too.
         hold = [k for k in keys if self._pause_all or k[0] in self._pause_topics or k in self.at_end]
         if hold:
@@ -216,15 +253,20 @@ class PartitionSource(abc.ABC):
             self._on_changed()
 
     def _below_end(self, key: TopicPartitionKey, offset: int) -> bool:
-        """False (and the partition held paused from now on) for a record at or past its end offset."""
-        ends = self._ends
-        if ends is None or offset < ends.get(key, 0):
+        """False for a record at or past a bounded partition's end: the partition is paused and its
+        position set back to the end, so whatever lies past it is read by a later pass."""
+        if not (self._all_bounded or key[0] in self._bounded_topics):
+            return True
+        end = self._ends.get(key, 0)
+        if offset < end and key not in self.at_end:
             return True
         if key not in self.at_end:
             self.at_end.add(key)
-            if key in self.assigned and key not in self.paused_partitions:
+        if key in self.assigned:
+            if key not in self.paused_partitions:
                 self._pause([key])
                 self.paused_partitions.add(key)
+            self._seek(key, min(offset, end))
         return False
 
     # -- the loop's calls
@@ -274,9 +316,15 @@ class KafkaSource(PartitionSource):
         *,
         on_partitions_changed: Callable[[], None] | None = None,
         end_offsets: Mapping[TopicPartitionKey, int] | None = None,
+        bounded_topics: Iterable[str] = (),
     ) -> None:
         check_safe(conf)
-        super().__init__(ledger, end_offsets=end_offsets, on_partitions_changed=on_partitions_changed)
+        super().__init__(
+            ledger,
+            end_offsets=end_offsets,
+            bounded_topics=bounded_topics,
+            on_partitions_changed=on_partitions_changed,
+        )
         # librdkafka's own log lines go through logging, so they come out as structured JSON too.
         self._consumer = Consumer(dict(conf), logger=logging.getLogger("librdkafka.consumer"))
         self._topics = topics
@@ -315,6 +363,19 @@ class KafkaSource(PartitionSource):
     def _commit(self, offsets: list[tuple[TopicPartitionKey, int]]) -> None:
         self._consumer.store_offsets(offsets=_tps(offsets))
         self._consumer.commit(offsets=_tps(offsets), asynchronous=False)
+
+    def _seek(self, key: TopicPartitionKey, offset: int) -> None:
+        try:
+            self._consumer.seek(TopicPartition(key[0], key[1], offset))
+        except KafkaException as exc:
+            log.warning("seek failed", extra={"partition": f"{key[0]}[{key[1]}]", "error": str(exc)})
+
+    def high_watermark(self, key: TopicPartitionKey) -> int | None:
+        try:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(*key), timeout=5)
+        except KafkaException:
+            return None
+        return int(high) if high is not None and high >= 0 else None
 
     def consume(self, max_records: int) -> list[Origin]:
         """Records available now (never blocks: the caller is an asyncio loop)."""
@@ -360,3 +421,36 @@ class KafkaSource(PartitionSource):
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def ensure_copy_topics(
+    conf: Mapping[str, Any], copies: Mapping[str, str], timeout_s: float = 30.0
+) -> list[str]:
+    """Create each missing copy topic (platform mode's parked topics: copy -> source topic) with its
+    source topic's partition count, so the group's subscription finds it from the start (a topic
+    created later by a producer would only be seen at the next metadata refresh). Returns problems
+    (a topic that could not be created), never raises: the service then runs without it."""
+    admin = AdminClient(dict(conf))
+    problems: list[str] = []
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        return [f"cannot list topics: {exc}"]
+    wanted = []
+    for copy, source in copies.items():
+        if copy in metadata.topics and metadata.topics[copy].error is None:
+            continue
+        source_meta = metadata.topics.get(source)
+        partitions = len(source_meta.partitions) if source_meta is not None and source_meta.partitions else 1
+        wanted.append(NewTopic(copy, num_partitions=partitions))
+    if not wanted:
+        return problems
+    for topic, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+            log.info("created topic", extra={"topic": topic})
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            problems.append(f"cannot create topic {topic}: {exc.args[0].str() if exc.args else exc}")
+    return problems

@@ -16,20 +16,24 @@ from typing import Any, Protocol
 
 import fastavro
 import orjson
+import yaml
 
 from consumer.app import build_decoder
 from consumer.batch import Batcher, PendingEvent
 from consumer.clock import Clock
-from consumer.config import DLQ_SUFFIX, AppConfig
+from consumer.config import DLQ_SUFFIX, PARKED_SUFFIX, AppConfig
 from consumer.deliver import Accepted, Deliverer, Destination, RetryPolicy
 from consumer.dlq import DeadLetterGuard, GuardLimits, decode_headers, dlq_headers
 from consumer.errors import Failure, GraphError, classify_graph_error
 from consumer.mapping import Mapper
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetLedger, TopicPartitionKey
-from consumer.pipeline import Pipeline, PipelineParts
+from consumer.park import ParkingLot, TenantBook
+from consumer.pipeline import Parking, Pipeline, PipelineParts
 from consumer.replay import LIVE, Policy
+from consumer.route import Router
 from consumer.source import Origin, PartitionSource
+from consumer.tenants import FileTenantSource, SecretStore, TenantRegistry, TenantSync
 
 REPO = Path(__file__).resolve().parents[1]
 ORDER_SCHEMA = REPO / "schemas" / "order_event.avsc"
@@ -159,15 +163,17 @@ class MemorySource(PartitionSource):
         *,
         group: str = "g",
         end_offsets: Mapping[TopicPartitionKey, int] | None = None,
+        bounded_topics: Sequence[str] = (),
         max_per_poll: int = 1000,
     ) -> None:
-        super().__init__(ledger, end_offsets=end_offsets)
+        super().__init__(ledger, end_offsets=end_offsets, bounded_topics=bounded_topics)
         self.max_per_poll = max_per_poll
         self.broker = broker
         self.topics = list(topics)
         self.group = group
         self._positions: dict[TopicPartitionKey, int] = {}
         self._broker_paused: set[TopicPartitionKey] = set()
+        self._unknown_position: set[TopicPartitionKey] = set()
         self.closed = False
 
     @property
@@ -203,6 +209,14 @@ class MemorySource(PartitionSource):
         for key, offset in offsets:
             self.committed[key] = offset
 
+    def _seek(self, key: TopicPartitionKey, offset: int) -> None:
+        # As librdkafka: after a seek the application position is unknown until a record comes.
+        self._positions[key] = offset
+        self._unknown_position.add(key)
+
+    def high_watermark(self, key: TopicPartitionKey) -> int | None:
+        return self.broker.high(key)
+
     def consume(self, max_records: int) -> list[Origin]:
         max_records = min(max_records, self.max_per_poll)
         out: list[Origin] = []
@@ -211,13 +225,14 @@ class MemorySource(PartitionSource):
             while self._positions[key] < len(records) and len(out) < max_records:
                 origin = records[self._positions[key]]
                 self._positions[key] += 1
+                self._unknown_position.discard(key)
                 if not self._below_end(key, origin.offset):
                     break  # the partition is held paused from here on
                 out.append(origin)
         return out
 
     def positions(self) -> dict[TopicPartitionKey, int]:
-        return {k: self._positions[k] for k in self.assigned}
+        return {k: -1001 if k in self._unknown_position else self._positions[k] for k in self.assigned}
 
     def lag(self) -> dict[TopicPartitionKey, int]:
         result = {}
@@ -287,9 +302,10 @@ class MemoryDeadLetters:
     """Dead-letter topics of a `MemoryBroker` (one partition each); a copy becomes durable on the next
     `poll`, as Kafka acknowledgements do."""
 
-    def __init__(self, broker: MemoryBroker, group: str = "g") -> None:
+    def __init__(self, broker: MemoryBroker, group: str = "g", suffix: str = DLQ_SUFFIX) -> None:
         self.broker = broker
         self.group = group
+        self.suffix = suffix
         self.refuse: str | None = None
         """An error text to refuse every copy with (an unwritable topic)."""
         self._acks: list[Callable[[], None]] = []
@@ -303,7 +319,7 @@ class MemoryDeadLetters:
         dlq_for: str,
         on_done: Callable[[str, str | None], None],
     ) -> None:
-        topic = dlq_for + DLQ_SUFFIX
+        topic = dlq_for + self.suffix
         headers = dlq_headers(origin, failure, group_id=self.group, requests=requests, now_ms=1)
 
         def ack() -> None:
@@ -387,6 +403,8 @@ class Harness:
     metrics: Metrics
     pipeline: Pipeline
     group: str
+    secrets: Path = Path()
+    tenants_file: Path = Path()
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] = field(init=False)
 
@@ -436,10 +454,12 @@ class Harness:
             ),
             dlq=dlq,
             deliverer=Deliverer(graph, metrics, policy=retry or RetryPolicy(), clock=clock.clock()),
-            destinations={
-                d: Destination(name=d, pixel_id=pixel_of(d), token="secret-" + d)
-                for d in set(topics.values())
-            },
+            router=Router(
+                {
+                    d: Destination(name=d, pixel_id=pixel_of(d), token="secret-" + d)
+                    for d in set(topics.values())
+                }
+            ),
             destination_topics={
                 d: {t for t, dest in topics.items() if dest == d} for d in set(topics.values())
             },
@@ -452,6 +472,110 @@ class Harness:
             clock=clock.clock(),
         )
         return cls(config, backend, source, graph, dlq, clock, metrics, Pipeline(parts), group)
+
+    @classmethod
+    def build_platform(
+        cls,
+        tmp_path: Path,
+        tenants: Mapping[str, Mapping[str, Any]],
+        tokens: Mapping[str, str],
+        *,
+        topic: str = "shop-orders",
+        partitions: int = 1,
+        max_events: int = 1000,
+        unknown_tenant: str = "dead_letter",
+    ) -> Harness:
+        """Platform mode: `topic` routed by `shop_id`, `tenants` (id -> entry) in a tenants file,
+        `tokens` (id -> token) in `tmp_path/secrets` (change them with `write_token`), parked copies
+        in `<topic>.parked`."""
+        secrets = tmp_path / "secrets"
+        secrets.mkdir(exist_ok=True)
+        for tenant_id, token in tokens.items():
+            (secrets / tenant_id).write_text(token + "\n")
+        tenants_file = tmp_path / "tenants.yaml"
+        tenants_file.write_text(yaml.safe_dump({k: dict(v) for k, v in tenants.items()}))
+        config = AppConfig.model_validate(
+            {
+                "kafka": {"bootstrap_servers": "127.0.0.1:1", "group_id": "g"},
+                "topics": {
+                    topic: {
+                        "kind": "order",
+                        "reader_schema": str(ORDER_SCHEMA),
+                        "writer_schema": str(ORDER_SCHEMA),
+                        "tenant_field": "shop_id",
+                    }
+                },
+                "platform": {
+                    "partner_agent": "plshop-2.0-1.1",
+                    "tenants": {"file": str(tenants_file)},
+                    "secrets_dir": str(secrets),
+                    "reload_interval_s": 0.001,
+                    "unknown_tenant": unknown_tenant,
+                },
+            }
+        )
+        broker = MemoryBroker()
+        broker.create(topic, partitions)
+        broker.create(topic + PARKED_SUFFIX, 1)
+        clock = FakeClock()
+        metrics = Metrics()
+        ledger = OffsetLedger()
+        parked = config.parked_topics
+        source = MemorySource(broker, [topic, *parked], ledger, bounded_topics=list(parked))
+        graph = FakeGraph()
+        lot = ParkingLot(initial_backoff_s=30, max_backoff_s=240)
+        sync = TenantSync(
+            TenantRegistry(SecretStore(secrets)),
+            file=FileTenantSource(tenants_file),
+            topic=None,
+            interval_s=0.0,
+            on_changes=lambda changed, now: lot.probe_now(changed, now),
+        )
+        sync.load(timeout_s=1)
+        parking = Parking(
+            lot=lot,
+            book=TenantBook(),
+            writer=MemoryDeadLetters(broker, suffix=PARKED_SUFFIX),
+            topics=frozenset(parked),
+            pass_interval_s=60,
+        )
+        parts = PipelineParts(
+            source=source,
+            ledger=ledger,
+            decoder=build_decoder(config),
+            mapper=Mapper.from_config(config, clock=clock.wall),
+            batcher=Batcher(max_events=max_events, max_bytes=2_000_000, linger_s=0, clock=clock.monotonic),
+            dlq=MemoryDeadLetters(broker),
+            deliverer=Deliverer(graph, metrics, clock=clock.clock()),
+            router=Router(
+                {},
+                sync.registry,
+                partner_agent="plshop-2.0-1.1",
+                unknown_tenant=config.platform.unknown_tenant,
+            ),
+            destination_topics={},
+            metrics=metrics,
+            max_in_flight_events=10_000,
+            max_in_flight_bytes=100_000_000,
+            drain_deadline_s=5,
+            policy=Policy(parked),
+            clock=clock.clock(),
+            parking=parking,
+        )
+        pipeline = Pipeline(parts)
+
+        def upkeep(now: float) -> None:
+            sync.tick(now)
+            pipeline.export_tenants()
+
+        parts.on_turn = upkeep
+        harness = cls(config, broker, source, graph, parts.dlq, clock, metrics, pipeline, "g")  # type: ignore[arg-type]
+        harness.secrets = secrets
+        harness.tenants_file = tenants_file
+        return harness
+
+    def write_token(self, tenant_id: str, token: str) -> None:
+        (self.secrets / tenant_id).write_text(token + "\n")
 
     def start(self) -> None:
         self._stop = asyncio.Event()

@@ -22,6 +22,8 @@ REQUIRED_ALERTS = {
     "CapiDestinationParked",
     "CapiDeadLetterOlderThan5Days",
     "CapiGraphErrorRatio",
+    "CapiTenantsParked",
+    "CapiParkedEventsNearExpiry",
 }
 
 

@@ -70,6 +70,7 @@ def test_dashboard_has_the_operator_panels() -> None:
     assert panel_with("capi_dlq_oldest_record_age_seconds")
     assert panel_with("capi_request_duration_seconds_bucket")
     assert panel_with("capi_end_to_end_latency_seconds_bucket")
+    assert panel_with("capi_tenants") and panel_with("capi_parked_oldest_event_age_seconds")
     assert panel_with("capi_match_key_events_total", "capi_events_accepted_total")  # coverage ratio
     assert panel_with("capi_in_flight_events")
     assert panel_with("capi_destinations_parked")

@@ -27,6 +27,7 @@ BOUNDED_LABELS = {
     "subcode",
     "error_class",
     "version",
+    "state",
 }
 
 
