@@ -17,6 +17,7 @@ from consumer.mapping import (
     INVALID_EVENT_TIME,
     MISSING_EVENT_ID,
     MISSING_EVENT_NAME,
+    MISSING_TENANT_ID,
     Filtered,
     Mapped,
     Mapper,
@@ -386,3 +387,43 @@ def test_every_bad_path_is_reported_at_once() -> None:
         "topics.checkout.mapping.user_data.ph",
         "topics.checkout.mapping.event_id",
     ]
+
+
+# --- platform mode: the tenant from a field --------------------------------------------------------
+
+
+def make_tenant_mapper(tenant_field: str) -> Mapper:
+    config = AppConfig.model_validate(
+        {
+            "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
+            "schema_registry": {"url": "http://127.0.0.1:8081"},
+            "topics": {
+                "checkout": {
+                    "kind": "custom",
+                    "reader_schema": "checkout.avsc",
+                    "tenant_field": tenant_field,
+                    "mapping": MAPPING,
+                }
+            },
+            "platform": {"tenants": {"file": "tenants.yaml"}},
+        }
+    )
+    return Mapper(config, {"checkout": CHECKOUT}, Normalizer(), clock=lambda: float(NOW))
+
+
+def test_a_custom_mapping_routes_by_its_tenant_field() -> None:
+    mapper = make_tenant_mapper("tenant")
+    result = mapper.map("checkout", record())
+    assert isinstance(result, Mapped) and result.destination == "tenant:acme-eu"
+    assert mapper.map("checkout", record(tenant="  ")) == Rejected(
+        "map", MISSING_TENANT_ID, "tenant is null or empty"
+    )
+
+
+def test_a_tenant_field_that_is_not_in_the_schema_stops_start_up() -> None:
+    with pytest.raises(ConfigError) as err:
+        make_tenant_mapper("buyer.shop")
+    assert "topics.checkout.tenant_field" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        make_tenant_mapper("amount")  # a double is no tenant id
+    assert "topics.checkout.tenant_field" in str(err.value)
