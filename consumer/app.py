@@ -110,6 +110,7 @@ def build_pipeline(
     parking = None
     if replay is not None:
         group = consumer_conf["group.id"] = config.replay_group_id
+        consumer_conf.pop("group.instance.id", None)  # the replay group has members of its own
         topics = sorted({t for t, _p in replay.end_offsets})
     elif parked_topics:
         topics += sorted(parked_topics)

@@ -112,6 +112,7 @@ _OWNED_KAFKA_KEYS: dict[str, str] = {
     "enable.idempotence": "always true for the dead-letter producer",
     "acks": "always all for the dead-letter producer",
     "transactional.id": "the dead-letter producer is not transactional",
+    "group.instance.id": "use kafka.static_membership (and kafka.instance_id_env)",
 }
 # librdkafka: with the default enable.auto.offset.store=true an offset is stored as soon as
 # consume() returns the record, so the background commit can commit records that were never
@@ -314,8 +315,13 @@ class KafkaConfig(_Model):
     sasl_password_env: EnvName | None = None
     sasl_password_file: ConfigPath | None = None
     secret_properties: dict[str, SecretRef] = Field(default_factory=dict)
+    static_membership: bool = False
+    """Join as a static member (`group.instance.id` = the value of `instance_id_env`, the pod name):
+    a member restarted within the session timeout gets its partitions back without a rebalance."""
+    instance_id_env: EnvName = "POD_NAME"
 
     _sasl_password: SecretStr | None = PrivateAttr(default=None)
+    _instance_id: str | None = PrivateAttr(default=None)
     _secret_values: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
 
     @field_validator("properties", "consumer_properties", "producer_properties")
@@ -337,13 +343,26 @@ class KafkaConfig(_Model):
         return self
 
     @property
+    def instance_id(self) -> str | None:
+        """`group.instance.id` of a static member (None when not static or not resolved)."""
+        return self._instance_id
+
+    @property
     def sasl_password(self) -> SecretStr | None:
         """The resolved SASL password (None when not configured or secrets were not resolved)."""
         return self._sasl_password
 
     def resolve_secrets(self, env: Mapping[str, str]) -> list[str]:
-        """Read the SASL password and secret properties; returns problems as `<key path>: <reason>`."""
+        """Read the SASL password, secret properties and the static member id; returns problems as
+        `<key path>: <reason>`."""
         problems: list[str] = []
+        if self.static_membership:
+            self._instance_id = env.get(self.instance_id_env, "").strip() or None
+            if self._instance_id is None:
+                problems.append(
+                    f"kafka.static_membership: environment variable {self.instance_id_env} is not set "
+                    "(the member's stable id, e.g. the pod name from the downward API)"
+                )
         if self.sasl_password_env is not None or self.sasl_password_file is not None:
             try:
                 self._sasl_password = _read_secret(
@@ -945,6 +964,8 @@ class AppConfig(_Model):
             "enable.auto.commit": True,
             "queued.max.messages.kbytes": self.limits.queued_max_messages_kbytes,
         }
+        if self.kafka.instance_id is not None:
+            props["group.instance.id"] = self.kafka.instance_id
         if self.kafka.group_protocol == "classic":
             # Incremental rebalances: a rebalance revokes only the partitions that move.
             props["partition.assignment.strategy"] = "cooperative-sticky"

@@ -156,7 +156,9 @@ def dlq_topics(config: AppConfig, only: str | None) -> list[str]:
 
 
 def _probe(config: AppConfig, group: str) -> Consumer:
-    return Consumer({**config.consumer_properties(), "group.id": group, "enable.auto.commit": False})
+    conf = {**config.consumer_properties(), "group.id": group, "enable.auto.commit": False}
+    conf.pop("group.instance.id", None)
+    return Consumer(conf)
 
 
 def replay_ends(config: AppConfig, topics: list[str], *, from_beginning: bool = False) -> Ends:

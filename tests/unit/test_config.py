@@ -430,3 +430,57 @@ def test_config_models_are_immutable(tmp_path: Path) -> None:
     config: AppConfig = load_config(write(tmp_path, BASE), ENV)
     with pytest.raises(ValueError):
         config.kafka.group_id = "other"
+
+
+# --- static membership and platform mode ----------------------------------------------------------
+
+
+def test_static_membership_takes_the_member_id_from_the_pod_name(tmp_path: Path) -> None:
+    data = config_with(kafka={"bootstrap_servers": "b:9092", "static_membership": True})
+    config = load_config(write(tmp_path, data), {**ENV, "POD_NAME": "capi-consumer-7d9f-x2"})
+    assert config.consumer_properties()["group.instance.id"] == "capi-consumer-7d9f-x2"
+    assert "group.instance.id" not in load_config(write(tmp_path, BASE), ENV).consumer_properties()
+    found = problems(tmp_path, data)
+    assert found == [
+        "kafka.static_membership: environment variable POD_NAME is not set "
+        "(the member's stable id, e.g. the pod name from the downward API)"
+    ]
+    literal = config_with(
+        kafka={"bootstrap_servers": "b:9092", "consumer_properties": {"group.instance.id": "x"}}
+    )
+    assert any("use kafka.static_membership" in p for p in problems(tmp_path, literal))
+
+
+@pytest.mark.parametrize(
+    ("agent", "reason"),
+    [
+        ("plshopbuilder-3.2-1.4", None),
+        ("woocommerce-8.5-3.1", None),
+        ("plshopbuilder-12.20-10.4x", "at most 22 characters"),
+        ("p1-2-3", "at least two letters"),
+        ("datapartner", "pl<PARTNER>-<PLATFORM_VERSION>-<APP_VERSION>"),
+        ("pl shop-1-2", "pl<PARTNER>-<PLATFORM_VERSION>-<APP_VERSION>"),
+    ],
+)
+def test_partner_agent_follows_metas_rules(tmp_path: Path, agent: str, reason: str | None) -> None:
+    data = config_with(platform={"partner_agent": agent})
+    if reason is None:
+        assert load_config(write(tmp_path, data), ENV).platform.partner_agent == agent
+    else:
+        [problem] = problems(tmp_path, data)
+        assert problem.startswith("platform.partner_agent: ") and reason in problem
+
+
+def test_tenant_topics_need_a_registry_and_exactly_one_of_destination_or_tenant_field(tmp_path: Path) -> None:
+    tenant_topic = {"kind": "order", "reader_schema": ORDER_SCHEMA, "tenant_field": "shop_id"}
+    data = {**BASE, "topics": {"shop-orders": tenant_topic}, "destinations": {}}
+    assert problems(tmp_path, data) == [
+        "topics.shop-orders.tenant_field: needs platform.tenants (a tenants file or registry topic)"
+    ]
+    both = {**BASE, "topics": {"shop-orders": {**tenant_topic, "destination": "main"}}}
+    assert problems(tmp_path, both) == [
+        "topics.shop-orders.destination: set exactly one of destination and tenant_field"
+    ]
+    ok = {**data, "platform": {"tenants": {"file": str(tmp_path)}}}
+    config = load_config(write(tmp_path, ok), ENV)
+    assert config.parked_topics == {"shop-orders.parked": "shop-orders"} and not config.destinations
