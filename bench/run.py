@@ -17,8 +17,13 @@ process, `bench.emulator_probe`):
 4. full runs only: drain a 1,000,000-record backlog with capi-consumer and sample its RSS over time.
 
 Scenarios: (a) decode ceiling, (b) SDK baseline, (c) capi-consumer, (d) capi-consumer with 150 ms
-added per request, (e) two capi-consumer processes in one group. Prints a markdown table and the
-target ratios; writes JSON to bench/results/ (`--reference` also writes bench/results/reference.json).
+added per request, (e) two capi-consumer processes in one group, (h) capi-consumer in platform mode:
+the same orders, each routed by its `shop_id` to one of 1,000 tenants (Zipf-like popularity), each
+tenant with its own pixel and token (a tenants file and a secrets directory; the tokens are added to
+the emulator in bulk). For every scenario that sends, the emulator's counters give requests/s and
+events per request over the measured window; for (h) the events each tenant's pixel received are
+checked against what was produced for it. Prints markdown tables and the target ratios; writes JSON
+to bench/results/ (`--reference` also writes bench/results/reference.json).
 
     make bench QUICK=1          # 30,000 events, no 1M backlog check (a few minutes)
     make bench                  # 200,000 events and the 1M backlog check
@@ -28,15 +33,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,8 +61,12 @@ from bench.workload import (
     REPO,
     TOKEN,
     avro_bytes,
+    draw_tenants,
     order_schema,
     orders,
+    tenant_id,
+    tenant_pixel,
+    tenant_token,
     wire_format,
 )
 from capi_devstack import DevStack, StackOptions
@@ -74,8 +86,28 @@ TARGETS = [
     ("(c) >= 3 x (b)", "c", "b", 3.0),
     ("(d) >= 0.8 x (c)", "d", "c", 0.8),
     ("(e) >= 1.4 x (c)", "e", "c", 1.4),
+    ("(h) >= 0.7 x (c)", "h", "c", 0.7),
 ]
-RSS_LIMIT_MB = 250.0
+RSS_LIMITS_MB = [("c", 250.0), ("h", 300.0)]
+TENANTS = 1000
+"""Tenants of scenario (h) (`--tenants`)."""
+TENANT_RELOAD_S = 5.0
+PARKED_SUFFIX = ".parked"
+"""capi-consumer's default parked topic of a platform-mode topic (`topics.<t>.parked_topic`)."""
+PARTNER_AGENT = "plbench-1.0-1.0"
+CONSUMER_COUNTERS = (
+    "capi_events_accepted_total",
+    "capi_events_rejected_total",
+    "capi_events_filtered_total",
+    "capi_dead_lettered_total",
+    "capi_events_parked_total",
+    "capi_graph_errors_total",
+    "capi_retries_total",
+    "capi_batch_size_events_count",
+    "capi_batch_size_events_sum",
+)
+"""Read from each capi-consumer's /metrics once its scenario is done (summed over label sets)."""
+LOG_EXCERPTS = 8
 
 
 @dataclass(frozen=True)
@@ -85,6 +117,8 @@ class Scenario:
     kind: str  # ceiling | sdk | capi
     processes: int = 1
     added_latency_ms: int = 0
+    tenants: int = 0
+    """Platform mode: events routed by `shop_id` to this many tenants (0: one fixed destination)."""
 
 
 SCENARIOS = [
@@ -93,6 +127,7 @@ SCENARIOS = [
     Scenario("c", "capi-consumer", "capi"),
     Scenario("d", "capi-consumer, +150 ms per request", "capi", added_latency_ms=150),
     Scenario("e", "capi-consumer, 2 processes in one group", "capi", processes=2),
+    Scenario("h", f"capi-consumer, platform mode, {TENANTS:,} tenants", "capi", tenants=TENANTS),
 ]
 
 
@@ -114,6 +149,26 @@ class Result:
     other_cpu_s: float = 0.0
     machine_busy_cores: float = 0.0
     emulator_events: int = 0
+    requests: int = 0
+    """Requests the emulator answered in the measured window (backlog drain)."""
+    requests_rejected: int = 0
+    """... of which not accepted (rejected or faulted)."""
+    requests_per_s: float | None = None
+    events_per_request: float | None = None
+    """Events the emulator accepted in the window per accepted request."""
+    window_events: int = 0
+    """Events the emulator accepted in the window (the backlog: `events`, unless resent)."""
+    tenants: int = 0
+    tenants_reached: int = 0
+    """Platform mode: tenants whose pixel received events in the window."""
+    tenant_check: str | None = None
+    """Platform mode: whether each tenant's pixel received exactly the events produced for it."""
+    tenant_events_missing: int = 0
+    """Platform mode: events produced for a tenant that its pixel did not receive (lost or misrouted)."""
+    consumer_metrics: list[dict[str, float]] = field(default_factory=list)
+    log_problems: int = 0
+    """capi-consumer log lines at warning level or above (the first few in `log_excerpts`)."""
+    log_excerpts: list[str] = field(default_factory=list)
     exit_codes: list[int | None] = field(default_factory=list)
     rss_timeline_mb: list[list[float]] = field(default_factory=list)
     error: str | None = None
@@ -178,11 +233,14 @@ def create_topics(bootstrap: str, names: list[str]) -> None:
         future.result(60)
 
 
-def encoded_orders(schema_id: int, n: int, start: int) -> Iterator[tuple[bytes, bytes]]:
-    """(key, Confluent wire-format value) of `n` orders, order IDs from `start`."""
+def encoded_orders(
+    schema_id: int, n: int, start: int, shops: Sequence[str] | None = None
+) -> Iterator[tuple[bytes, bytes]]:
+    """(key, Confluent wire-format value) of `n` orders, order IDs from `start` (`shops`: their
+    `shop_id`s, platform mode)."""
     schema = order_schema()
     now_ms = int(time.time() * 1000)
-    for record in orders(n, now_ms=now_ms, start=start):
+    for record in orders(n, now_ms=now_ms, start=start, shops=shops):
         yield record["order_id"].encode(), wire_format(schema_id, avro_bytes(schema, record))
 
 
@@ -244,8 +302,44 @@ class Stack:
     """Checkout whose `consumer` package the capi-consumer processes run (A/B of proposed changes)."""
 
 
-def _capi_config(stack: Stack, group: str, topics: list[str], metrics_port: int) -> Path:
-    config = {
+@dataclass(frozen=True)
+class Platform:
+    """Platform mode's tenant registry for a scenario: a tenants file and a secrets directory."""
+
+    tenants_file: Path
+    secrets_dir: Path
+    count: int
+
+    def pixel_to_tenant(self) -> dict[str, str]:
+        return {tenant_pixel(r): tenant_id(r) for r in range(1, self.count + 1)}
+
+
+def setup_platform(stack: Stack, count: int, directory: Path) -> Platform:
+    """`count` tenants: each a pixel, a token file named after it, and that token known to the emulator
+    for that pixel only (one bulk `POST /_emulator/tokens`)."""
+    secrets = directory / "secrets"
+    secrets.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, dict[str, str]] = {}
+    for rank in range(1, count + 1):
+        entries[tenant_id(rank)] = {"pixel_id": tenant_pixel(rank)}
+        (secrets / tenant_id(rank)).write_text(tenant_token(rank) + "\n")
+    tenants_file = directory / "tenants.yaml"
+    tenants_file.write_text(yaml.safe_dump(entries, sort_keys=False))
+    tokens = [{"token": tenant_token(r), "pixels": [tenant_pixel(r)]} for r in range(1, count + 1)]
+    answer = _http(f"{stack.capi}/_emulator/tokens", "POST", tokens, timeout=60)
+    if len(answer.get("tokens", {})) != count:
+        raise RuntimeError(f"the emulator took {len(answer.get('tokens', {}))} of {count} tenant tokens")
+    return Platform(tenants_file, secrets, count)
+
+
+def _capi_config(
+    stack: Stack, group: str, topics: list[str], metrics_port: int, platform: Platform | None = None
+) -> Path:
+    if platform is None:
+        route: dict[str, Any] = {"destination": "main"}
+    else:
+        route = {"tenant_field": "shop_id"}
+    config: dict[str, Any] = {
         "kafka": {
             "bootstrap_servers": stack.bootstrap,
             "group_id": group,
@@ -254,16 +348,22 @@ def _capi_config(stack: Stack, group: str, topics: list[str], metrics_port: int)
             "consumer_properties": {"auto.commit.interval.ms": AUTO_COMMIT_MS},
         },
         "schema_registry": {"url": stack.registry},
-        "topics": {
-            t: {"kind": "order", "reader_schema": str(ORDER_SCHEMA_PATH), "destination": "main"}
-            for t in topics
-        },
+        "topics": {t: {"kind": "order", "reader_schema": str(ORDER_SCHEMA_PATH), **route} for t in topics},
         "destinations": {"main": {"pixel_id": PIXEL, "access_token_env": "CAPI_ACCESS_TOKEN"}},
         "capi": {"base_url": stack.capi},
         "normalization": {"default_phone_region": "US"},
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
         "shutdown": {"drain_deadline_s": 10},
     }
+    if platform is not None:
+        # Every topic has a tenant_field: no fixed destination is needed.
+        del config["destinations"]
+        config["platform"] = {
+            "partner_agent": PARTNER_AGENT,
+            "tenants": {"file": str(platform.tenants_file)},
+            "secrets_dir": str(platform.secrets_dir),
+            "reload_interval_s": TENANT_RELOAD_S,
+        }
     path = stack.workdir / f"{group}-{metrics_port}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -273,17 +373,25 @@ class Workers:
     """The process(es) of one scenario and how to tell when the first record was consumed."""
 
     def __init__(
-        self, scenario: Scenario, stack: Stack, group: str, topics: list[str], profile: Path | None = None
+        self,
+        scenario: Scenario,
+        stack: Stack,
+        group: str,
+        topics: list[str],
+        profile: Path | None = None,
+        platform: Platform | None = None,
     ) -> None:
         self.scenario = scenario
         self.procs: list[ManagedProcess] = []
+        self.metrics_ports: list[int] = []
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "CAPI_ACCESS_TOKEN": TOKEN}
         logs = stack.workdir / "logs"
         for n in range(scenario.processes):
             log = logs / f"{group}-{n}.log"
             if scenario.kind == "capi":
                 port = free_port()
-                config = _capi_config(stack, group, topics, port)
+                self.metrics_ports.append(port)
+                config = _capi_config(stack, group, topics, port, platform)
                 argv = [sys.executable, "-m", "consumer", "run", "--config", str(config)]
                 if profile is not None:
                     # pyinstrument (not a dependency) wraps the process and writes its profile at exit.
@@ -347,6 +455,56 @@ class Workers:
             codes.append(proc.proc.returncode)
         return codes
 
+    def consumer_metrics(self) -> list[dict[str, float]]:
+        """CONSUMER_COUNTERS of each capi-consumer, from its /metrics (summed over label sets)."""
+        out: list[dict[str, float]] = []
+        for port in self.metrics_ports:
+            try:
+                text = str(_http(f"http://127.0.0.1:{port}/metrics", timeout=30))
+            except OSError as exc:
+                out.append({"unreadable": 1.0})
+                print(f"    /metrics of port {port} unreadable: {exc}", flush=True)
+                continue
+            out.append(_sum_counters(text, CONSUMER_COUNTERS))
+        return out
+
+    def log_problems(self) -> tuple[int, list[str]]:
+        """capi-consumer log lines at warning level or above: how many, and the first few."""
+        count = 0
+        excerpts: list[str] = []
+        for proc in self.procs if self.scenario.kind == "capi" else []:
+            with contextlib.suppress(OSError):
+                for line in proc.log_path.read_text(errors="replace").splitlines():
+                    if _log_level(line) in ("warning", "error", "critical"):
+                        count += 1
+                        if len(excerpts) < LOG_EXCERPTS:
+                            excerpts.append(f"{proc.name}: {line[:400]}")
+        return count, excerpts
+
+
+def _log_level(line: str) -> str:
+    """The level of a JSON log line; anything else (a traceback, librdkafka's stderr) counts as error."""
+    if not line.strip():
+        return ""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return "error"
+    return str(entry.get("level", "")) if isinstance(entry, dict) else "error"
+
+
+def _sum_counters(text: str, names: Sequence[str]) -> dict[str, float]:
+    """Prometheus text format: each of `names` summed over its label sets (absent: 0)."""
+    totals = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            with contextlib.suppress(ValueError, IndexError):
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
 
 @contextlib.contextmanager
 def _fault(stack: Stack, latency_ms: int) -> Iterator[None]:
@@ -359,8 +517,67 @@ def _fault(stack: Stack, latency_ms: int) -> Iterator[None]:
             _http(f"{stack.capi}/_emulator/faults", "DELETE")
 
 
-def _emulator_events(stack: Stack) -> int:
-    return int(_http(f"{stack.capi}/_emulator/stats")["events_received"])
+def _emulator_stats(stack: Stack) -> dict[str, Any]:
+    stats: dict[str, Any] = _http(f"{stack.capi}/_emulator/stats", timeout=30)
+    return stats
+
+
+def _emulator_window(
+    result: Result,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    platform: Platform | None,
+    expected: Counter[str] | None,
+) -> None:
+    """Requests and events the emulator counted between two snapshots of its stats (the measured
+    window); for platform mode, each tenant's events against what was produced for it."""
+    requests = int(after["requests"]) - int(before["requests"])
+    accepted = int(after["requests_accepted"]) - int(before["requests_accepted"])
+    events = int(after["events_received"]) - int(before["events_received"])
+    result.requests = requests
+    result.requests_rejected = requests - accepted
+    result.window_events = events
+    if result.seconds and requests:
+        result.requests_per_s = round(requests / result.seconds, 1)
+    if accepted:
+        result.events_per_request = round(events / accepted, 2)
+    if platform is None or expected is None:
+        return
+    tenant_of = platform.pixel_to_tenant()
+    got: Counter[str] = Counter()
+    strays = 0
+    by_pixel_before = before.get("events_by_pixel", {})
+    for pixel, total in after.get("events_by_pixel", {}).items():
+        delta = int(total) - int(by_pixel_before.get(pixel, 0))
+        if delta <= 0:
+            continue
+        tenant = tenant_of.get(pixel)
+        if tenant is None:
+            strays += delta
+        else:
+            got[tenant] = delta
+    result.tenants = platform.count
+    result.tenants_reached = len(got)
+    short = sorted(t for t in expected if got[t] < expected[t])
+    extra = sorted(t for t in got if got[t] > expected.get(t, 0))
+    if not short and not extra and not strays:
+        result.tenant_check = f"ok: each of {len(expected)} tenants received exactly its events"
+        return
+    parts = []
+    if short:
+        missing = sum(expected[t] - got[t] for t in short)
+        result.tenant_events_missing = missing
+        parts.append(
+            f"{len(short)} tenants short by {missing} events (e.g. "
+            + ", ".join(f"{t} {got[t]}/{expected[t]}" for t in short[:3])
+            + ")"
+        )
+    if extra:
+        surplus = sum(got[t] - expected.get(t, 0) for t in extra)
+        parts.append(f"{len(extra)} tenants with {surplus} events more than produced (resends)")
+    if strays:
+        parts.append(f"{strays} events to pixels of no tenant")
+    result.tenant_check = "; ".join(parts)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -378,20 +595,23 @@ def run_scenario(
     timeout_s: float,
     profile: Path | None = None,
     produce_after_join: list[tuple[bytes, bytes]] | None = None,
+    platform: Platform | None = None,
+    expected_tenants: Counter[str] | None = None,
 ) -> Result:
     """Drain `topic` with the scenario's worker(s). With `produce_after_join`, the topic starts empty:
     the workers start, the group forms (every process holds partitions), then those records are
     produced and the clock starts; otherwise the backlog is already there and the clock starts at
-    the first record consumed."""
+    the first record consumed. `platform`: the workers run in platform mode with that registry;
+    `expected_tenants`: how many of the backlog's events each tenant should receive."""
     result = Result(scenario.key, scenario.title, n)
     group = f"bench-{scenario.key}-{run_id}"
     committed = Committed(stack.bootstrap, group)
-    emulator_before = _emulator_events(stack)
+    stats_before = _emulator_stats(stack)
     workers: Workers | None = None
     sampler: procstat.RssSampler | None = None
     try:
         with _fault(stack, scenario.added_latency_ms):
-            workers = Workers(scenario, stack, group, [topic], profile)
+            workers = Workers(scenario, stack, group, [topic], profile, platform)
             sampler = procstat.RssSampler(workers.pids, interval_s=0.5).start()
             if produce_after_join is None:
                 first = workers.wait_first_consumed(60)
@@ -419,6 +639,7 @@ def run_scenario(
             cpu1 = [procstat.cpu_seconds(p) for p in ours]
             busy1 = procstat.system_busy_seconds()
             own1 = procstat.cpu_seconds(os.getpid())
+            stats_end = _emulator_stats(stack)
             used = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
             k = len(workers.pids)
             result.seconds = end - first
@@ -428,11 +649,13 @@ def run_scenario(
             result.emulator_cpu_s = round(used[k + 1], 2)
             result.other_cpu_s = round(max(0.0, (busy1 - busy0) - sum(used) - (own1 - own0)), 2)
             result.machine_busy_cores = round((busy1 - busy0) / result.seconds, 2)
+            _emulator_window(result, stats_before, stats_end, platform, expected_tenants)
             if scenario.kind != "ceiling" and live:
                 _latency_phase(result, stack, committed, topic, n, live, workers)
             result.peak_rss_mb = [
                 round(procstat.memory_kb(p).get("VmHWM", 0) / 1024, 1) for p in workers.pids
             ]
+            result.consumer_metrics = workers.consumer_metrics()
     except Exception as exc:
         result.error = str(exc)[-2000:]
     finally:
@@ -443,9 +666,12 @@ def run_scenario(
             ]
         if workers is not None:
             result.exit_codes = workers.stop()
+            result.log_problems, result.log_excerpts = workers.log_problems()
         committed.close()
     with contextlib.suppress(Exception):
-        result.emulator_events = _emulator_events(stack) - emulator_before
+        result.emulator_events = int(_emulator_stats(stack)["events_received"]) - int(
+            stats_before["events_received"]
+        )
     return result
 
 
@@ -524,15 +750,16 @@ def ratios(results: dict[str, Result]) -> list[dict[str, Any]]:
                 "pass": bool(value and value >= minimum),
             }
         )
-    c = results.get("c")
-    rss = max(c.peak_rss_mb) if c and c.peak_rss_mb else None
-    rows.append(
-        {
-            "target": f"peak RSS of (c) <= {RSS_LIMIT_MB:.0f} MB",
-            "ratio": rss,
-            "pass": bool(rss and rss <= RSS_LIMIT_MB),
-        }
-    )
+    for key, limit in RSS_LIMITS_MB:
+        r = results.get(key)
+        rss = max(r.peak_rss_mb) if r and r.peak_rss_mb else None
+        rows.append(
+            {
+                "target": f"peak RSS of ({key}) <= {limit:.0f} MB",
+                "ratio": rss,
+                "pass": bool(rss and rss <= limit),
+            }
+        )
     return rows
 
 
@@ -574,7 +801,38 @@ def markdown(
         )
     else:
         lines.append(f"| RSS flat over a backlog | {backlog.get('error') or 'too few samples'} | NO |")
+    lines += requests_table(results)
     return "\n".join(lines)
+
+
+def requests_table(results: dict[str, Result]) -> list[str]:
+    """Requests per scenario (from the emulator's counters over the measured window), the ratio to
+    (c), and for platform mode whether every tenant received its events."""
+    rows = [r for r in results.values() if not r.error and r.requests]
+    if not rows:
+        return []
+    c = results.get("c")
+    base = c.events_per_s if c and not c.error and c.events_per_s else None
+    lines = [
+        "",
+        "| scenario | events/s | x (c) | requests/s | events/request | requests not accepted "
+        "| consumer log warnings+errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = r.events_per_s / base if base else None
+        problems = str(r.log_problems) if r.consumer_metrics else "-"
+        lines.append(
+            f"| ({r.key}) {r.title} | {_fmt(r.events_per_s)} | {_fmt(ratio, 2)} | "
+            f"{_fmt(r.requests_per_s)} | {_fmt(r.events_per_request, 1)} | {r.requests_rejected} | "
+            f"{problems} |"
+        )
+    for r in rows:
+        if r.tenant_check is not None:
+            lines.append(
+                f"\n({r.key}): {r.tenants_reached:,} of {r.tenants:,} tenants reached; {r.tenant_check}"
+            )
+    return lines
 
 
 def _git_commit() -> str:
@@ -585,6 +843,15 @@ def _git_commit() -> str:
         return out.stdout.strip()
     except OSError:
         return ""
+
+
+def _git_dirty() -> list[str]:
+    """Paths with uncommitted changes (the benchmark runs the working tree)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return []
+    return [line[3:] for line in out.stdout.splitlines() if line.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -598,7 +865,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backlog", type=int, default=None, help="RSS check backlog (default 1,000,000; quick: skipped)"
     )
-    parser.add_argument("--scenarios", default="abcde", help="subset to run, e.g. 'ac'")
+    parser.add_argument("--scenarios", default="abcdeh", help="subset to run, e.g. 'ac'")
+    parser.add_argument(
+        "--tenants", type=int, default=TENANTS, help=f"tenants of scenario (h) (default {TENANTS:,})"
+    )
+    parser.add_argument(
+        "--keep-logs", type=Path, default=None, help="copy the workers' and the emulator's logs here"
+    )
     parser.add_argument("--reference", action="store_true", help="also write bench/results/reference.json")
     parser.add_argument(
         "--consumer-root",
@@ -610,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         type=Path,
         default=None,
-        help="run scenario (c) under pyinstrument (pip install it first) and write its profile here",
+        help="run scenarios (c) and (h) under pyinstrument (pip install it first), profiles written here",
     )
     args = parser.parse_args(argv)
     n = args.events or (30_000 if args.quick else 200_000)
@@ -651,10 +924,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dev stack up in {time.monotonic() - started:.0f}s", flush=True)
             # One topic per scenario, each with the same N records: a second topic per scenario would
             # let the sticky assignor give one process of (e) all of one topic and nothing to do.
-            selected = [s for s in SCENARIOS if s.key in args.scenarios]
+            selected = [
+                dataclasses.replace(
+                    s, tenants=args.tenants, title=f"capi-consumer, platform mode, {args.tenants:,} tenants"
+                )
+                if s.tenants
+                else s
+                for s in SCENARIOS
+                if s.key in args.scenarios
+            ]
             topic_of = {s.key: f"bench-orders-{s.key}-{run_id}" for s in selected}
             big_topic = f"bench-backlog-{run_id}"
-            create_topics(stack.bootstrap, [*topic_of.values()] + ([big_topic] if backlog_n else []))
+            # Platform mode also reads `<topic>.parked` (where a refused tenant's events wait); the
+            # service does not create it, so the harness does, as a deployment would.
+            parked = [topic_of[s.key] + PARKED_SUFFIX for s in selected if s.tenants]
+            create_topics(stack.bootstrap, [*topic_of.values(), *parked] + ([big_topic] if backlog_n else []))
             registry = SchemaRegistryClient({"url": stack.registry})
             schema_id = registry.register_schema(
                 f"bench-orders-{run_id}-value", Schema(ORDER_SCHEMA_PATH.read_text(), "AVRO")
@@ -664,12 +948,35 @@ def main(argv: list[str] | None = None) -> int:
             schema = order_schema()
             results: dict[str, Result] = {}
             for index, scenario in enumerate(selected):
+                platform: Platform | None = None
+                shops: list[str] | None = None
+                live_shops: list[str] | None = None
+                if scenario.tenants:
+                    # The same orders as the other scenarios, each with a tenant as its shop_id.
+                    try:
+                        platform = setup_platform(
+                            stack, scenario.tenants, workdir / f"platform-{scenario.key}"
+                        )
+                    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+                        results[scenario.key] = Result(
+                            scenario.key, scenario.title, n, error=f"platform setup failed: {exc}"
+                        )
+                        print(f"({scenario.key}) FAILED: platform setup: {exc}", flush=True)
+                        continue
+                    shops = draw_tenants(scenario.tenants, n, seed=2026)
+                    live_shops = draw_tenants(scenario.tenants, live_n, seed=2027)
+                    print(
+                        f"{scenario.tenants:,} tenants registered ({len(set(shops)):,} of them in the "
+                        f"backlog, the biggest with {Counter(shops).most_common(1)[0][1]:,} orders)",
+                        flush=True,
+                    )
                 # A group of several processes is measured once it has formed: started on a drained
                 # backlog, its first member would take every partition and the join rebalance (a
                 # one-off when scaling out) would dominate the run. One process reads a ready backlog.
                 after_join = scenario.processes > 1
                 if not after_join:
-                    took = produce_backlog(stack.bootstrap, topic_of[scenario.key], encoded)
+                    values = encoded if shops is None else encoded_orders(schema_id, n, 0, shops)
+                    took = produce_backlog(stack.bootstrap, topic_of[scenario.key], values)
                     print(
                         f"produced {n:,} records to {topic_of[scenario.key]} ({PARTITIONS} partitions) "
                         f"in {took:.0f}s",
@@ -679,11 +986,11 @@ def main(argv: list[str] | None = None) -> int:
                 start = 10_000_000 * (index + 1)
                 live = [
                     (r["order_id"], wire_format(schema_id, avro_bytes(schema, r)))
-                    for r in orders(live_n, now_ms=now_ms, start=start)
+                    for r in orders(live_n, now_ms=now_ms, start=start, shops=live_shops)
                 ]
                 print(f"({scenario.key}) {scenario.title} ...", flush=True)
                 timeout = max(300.0, n / 500)
-                profile = args.profile if scenario.key == "c" else None
+                profile = args.profile if scenario.key in ("c", "h") else None
                 if profile is not None:
                     profile.mkdir(parents=True, exist_ok=True)
                 result = run_scenario(
@@ -696,6 +1003,8 @@ def main(argv: list[str] | None = None) -> int:
                     timeout,
                     profile,
                     produce_after_join=encoded if after_join else None,
+                    platform=platform,
+                    expected_tenants=Counter(shops) if shops is not None else None,
                 )
                 results[scenario.key] = result
                 if result.error:
@@ -707,6 +1016,18 @@ def main(argv: list[str] | None = None) -> int:
                         f"peak RSS {result.peak_rss_mb} MB, CPU {result.cpu_s} s",
                         flush=True,
                     )
+                if result.requests:
+                    print(
+                        f"    {_fmt(result.requests_per_s)} requests/s, "
+                        f"{_fmt(result.events_per_request, 1)} events/request",
+                        flush=True,
+                    )
+                if result.tenant_check is not None:
+                    print(f"    tenants: {result.tenant_check}", flush=True)
+                if result.log_problems:
+                    print(f"    {result.log_problems} warning/error lines in the consumer log:", flush=True)
+                    for excerpt in result.log_excerpts:
+                        print(f"      {excerpt}", flush=True)
                 time.sleep(2)
 
             backlog: dict[str, Any] | None = None
@@ -727,6 +1048,11 @@ def main(argv: list[str] | None = None) -> int:
                 print("note: QUICK run, the 1,000,000-record backlog RSS check is skipped (full run only)")
         finally:
             emulator.stop()
+            if args.keep_logs is not None:
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.copytree(workdir / "logs", args.keep_logs, dirs_exist_ok=True)
+                    shutil.copy(workdir / "emulator.log", args.keep_logs)
 
     ratio_rows = ratios(results)
     table = markdown(results, ratio_rows, backlog)
@@ -743,6 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
             "partitions": PARTITIONS,
             "consumer_root": str(args.consumer_root.resolve()),
             "git_commit": _git_commit(),
+            "uncommitted": _git_dirty(),
             "machine": machine,
             "load_avg_before": [round(v, 2) for v in load_before],
             "load_avg_after": [round(v, 2) for v in os.getloadavg()],
@@ -764,7 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; {wall_s} s"
     )
     print(f"results: {path.relative_to(REPO)}")
-    return 0 if all(not r.error for r in results.values()) else 1
+    return 0 if all(not r.error and not r.tenant_events_missing for r in results.values()) else 1
 
 
 if __name__ == "__main__":

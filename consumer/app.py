@@ -155,6 +155,7 @@ def build_pipeline(
             max_bytes=config.batching.max_bytes,
             linger_s=config.batching.linger_ms / 1000,
             clock=time.monotonic,
+            tenant_linger_s=config.platform.batch_linger_ms / 1000,
         ),
         dlq=DeadLetterWriter(
             config.producer_properties(),

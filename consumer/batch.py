@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from consumer.config import TENANT_PREFIX
 from consumer.offsets import Ticket
 from consumer.source import Origin
 
@@ -44,48 +45,78 @@ class Batch:
 
 
 class Batcher:
-    """Open batches keyed by destination name."""
+    """Open batches keyed by destination name.
+
+    Batches wait in two lanes by linger (fixed destinations, tenants), each in the order they were
+    opened, so `due()` looks only at the batches that are due plus one, however many tenants have a
+    batch open; the count of events in open batches is kept as it changes (the loop asks every turn).
+    """
 
     def __init__(
-        self, *, max_events: int, max_bytes: int, linger_s: float, clock: Callable[[], float]
+        self,
+        *,
+        max_events: int,
+        max_bytes: int,
+        linger_s: float,
+        clock: Callable[[], float],
+        tenant_linger_s: float | None = None,
     ) -> None:
+        """`tenant_linger_s`: the linger of tenants' destinations (platform mode), else `linger_s`."""
         if not 1 <= max_events <= 1000:
             raise ValueError("max_events must be between 1 and 1000 (Meta's limit per request)")
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.linger_s = linger_s
+        self.tenant_linger_s = linger_s if tenant_linger_s is None else tenant_linger_s
         self._clock = clock
-        self._open: dict[str, Batch] = {}
+        self._fixed: dict[str, Batch] = {}
+        self._tenants: dict[str, Batch] = {}
+        self.open_events = 0
+        """Events waiting in open batches."""
+
+    def _lane(self, destination: str) -> dict[str, Batch]:
+        return self._tenants if destination.startswith(TENANT_PREFIX) else self._fixed
+
+    def _close(self, lane: dict[str, Batch], destination: str) -> Batch:
+        batch = lane.pop(destination)
+        self.open_events -= len(batch.events)
+        return batch
 
     def add(self, destination: str, event: PendingEvent) -> list[Batch]:
         """Add an event; returns the batches that became ready (full by count or bytes)."""
         ready: list[Batch] = []
-        batch = self._open.get(destination)
+        lane = self._lane(destination)
+        batch = lane.get(destination)
         cost = len(event.body) + 1
         if batch is not None and batch.size + cost > self.max_bytes:
-            ready.append(self._open.pop(destination))
+            ready.append(self._close(lane, destination))
             batch = None
         if batch is None:
             batch = Batch(destination, [], BODY_OVERHEAD_BYTES, self._clock())
-            self._open[destination] = batch
+            lane[destination] = batch
         batch.events.append(event)
+        self.open_events += 1
         batch.size += cost
         if len(batch.events) >= self.max_events or batch.size >= self.max_bytes:
-            ready.append(self._open.pop(destination))
+            ready.append(self._close(lane, destination))
         return ready
 
     def due(self) -> list[Batch]:
         """Batches whose linger time has passed."""
         now = self._clock()
-        names = [n for n, b in self._open.items() if now - b.opened_at >= self.linger_s]
-        return [self._open.pop(n) for n in names]
+        ready: list[Batch] = []
+        for lane, linger in ((self._fixed, self.linger_s), (self._tenants, self.tenant_linger_s)):
+            while lane:
+                name, batch = next(iter(lane.items()))
+                if now - batch.opened_at < linger:
+                    break  # the lane is in opening order: the rest are younger
+                ready.append(self._close(lane, name))
+        return ready
 
     def drain(self) -> list[Batch]:
         """Every open batch (shutdown)."""
-        batches = list(self._open.values())
-        self._open.clear()
+        batches = [*self._fixed.values(), *self._tenants.values()]
+        self._fixed.clear()
+        self._tenants.clear()
+        self.open_events = 0
         return batches
-
-    @property
-    def open_events(self) -> int:
-        return sum(len(b.events) for b in self._open.values())

@@ -835,6 +835,9 @@ class PlatformConfig(_Model):
     replay can send it once the tenant exists) or filter it (counted, not sent)."""
     status_tenants: list[str] = Field(default_factory=list)
     """Tenants with their own metric series (the others are counted by state only)."""
+    batch_linger_ms: Annotated[int, Field(ge=0)] = 1000
+    """How long a tenant's batch waits to fill (most tenants are small: a longer linger than
+    `batching.linger_ms` makes fewer, fuller requests; Meta asks for events within the hour)."""
     probe_initial_backoff_s: PositiveFloat = 30.0
     """A parked tenant's events go out again (as a probe) after this long, doubling while refused."""
     probe_max_backoff_s: PositiveFloat = 1800.0

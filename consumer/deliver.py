@@ -393,6 +393,7 @@ class Deliverer:
                 "graph_code": error.code,
                 "graph_subcode": error.subcode,
                 "fbtrace_id": error.fbtrace_id,
+                "error": error.summary,
                 "delay_s": round(delay, 3),
                 "attempt": attempt + 1,
             },

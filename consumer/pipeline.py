@@ -324,7 +324,9 @@ class Pipeline:
             mapped = self._mapped_counters[event_name] = p.metrics.events_mapped.labels(event_name)
         mapped.inc()
         pending = PendingEvent(
-            body=orjson.dumps(event),
+            # A copy of exactly the body's size: orjson's result keeps its growth buffer (about 4 KB of
+            # RSS for a 1 KB event), which multiplied by the events in flight was most of the RSS.
+            body=bytes(memoryview(orjson.dumps(event))),
             event_name=event_name,
             event_time=int(event["event_time"]),
             action_source=str(event.get("action_source", "")),

@@ -233,6 +233,9 @@ class SecretStore:
     def __init__(self, secrets_dir: Path | None, env: Mapping[str, str] | None = None) -> None:
         self.secrets_dir = secrets_dir
         self._env = env if env is not None else os.environ
+        self._files: dict[str, tuple[tuple[int, int, int], Token]] = {}
+        """File name -> (inode, size, mtime) and the token read then: a file is read again only
+        when it changed (a refresh of thousands of tenants is then one stat each)."""
 
     def token(self, tenant_id: str, entry: TenantEntry) -> Token:
         """The tenant's token; InvalidEntry (naming the file or variable, never a value) if missing."""
@@ -247,6 +250,10 @@ class SecretStore:
         path = self.secrets_dir / name
         try:
             st = path.stat()
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = self._files.get(name)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
             value = path.read_text(encoding="utf-8").strip()
         except OSError:
             raise InvalidEntry(f"token file {name} not found in the secrets directory") from None
@@ -254,7 +261,9 @@ class SecretStore:
             raise InvalidEntry(f"token file {name} is not UTF-8 text") from None
         if not value:
             raise InvalidEntry(f"token file {name} is empty")
-        return Token(value, ("file", name, st.st_mtime_ns, st.st_size, hash(value)))
+        token = Token(value, ("file", name, *stamp, hash(value)))
+        self._files[name] = (stamp, token)
+        return token
 
 
 Resolution = Literal["ok", "unknown", "invalid", "disabled"]

@@ -65,3 +65,23 @@ def test_more_than_1000_events_per_request_is_refused() -> None:
         assert "1000" in str(exc)
     else:
         raise AssertionError("max_events=1001 accepted")
+
+
+def test_tenant_batches_linger_longer_and_each_lane_flushes_in_opening_order() -> None:
+    clock = FakeClock()
+    ledger = OffsetLedger()
+    batcher = Batcher(max_events=1000, max_bytes=10**6, linger_s=0.2, clock=clock, tenant_linger_s=1.0)
+    batcher.add("tenant:a", _event(ledger, 0))
+    batcher.add("main", _event(ledger, 1))
+    clock.now += 0.1
+    batcher.add("tenant:b", _event(ledger, 2))
+    batcher.add("main", _event(ledger, 3))
+    assert batcher.open_events == 4
+    clock.now += 0.15  # main is due (0.25 s), the tenants are not
+    assert [b.destination for b in batcher.due()] == ["main"]
+    assert batcher.open_events == 2
+    clock.now += 0.8  # 1.05 s: tenant:a is due, tenant:b (0.95 s) is not
+    assert [b.destination for b in batcher.due()] == ["tenant:a"]
+    clock.now += 0.1
+    assert [b.destination for b in batcher.due()] == ["tenant:b"]
+    assert batcher.open_events == 0 and batcher.drain() == []
