@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +49,6 @@ FAST_RETRIES = {
         "parked_retry_max_backoff_s": 2.0,
     }
 }
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with start_in_thread() as emu:
-        yield emu
 
 
 def orders(n: int, *, start: int = 0, now_ms: int | None = None) -> list[Sample]:

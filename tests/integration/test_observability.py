@@ -8,7 +8,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,6 @@ from tests.integration.pipeline_helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with start_in_thread() as emu:
-        yield emu
 
 
 class Expected:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,6 @@ import pytest
 
 from capi_devstack import Endpoints
 from capi_devstack.samples import Sample, mixed
-from capi_emulator import start_in_thread
 from capi_emulator.server import RunningEmulator
 from consumer.config import load_config
 from consumer.mapping import Mapped, Mapper
@@ -29,12 +28,6 @@ from tests.integration.pipeline_helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with start_in_thread() as emu:
-        yield emu
 
 
 def _expected(config_path: Path, topics: dict[str, str], samples: list[Sample]) -> dict[str, dict[str, Any]]:

@@ -37,10 +37,9 @@ from tests.integration.pipeline_helpers import (
     wait_for,
     write_config,
 )
-from tests.integration.test_failures import FAST_RETRIES, emulator, orders
+from tests.integration.test_failures import FAST_RETRIES, orders
 
 pytestmark = pytest.mark.integration
-__all__ = ["emulator"]  # the fixture, shared with test_failures
 
 DAY_MS = 86_400_000
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from capi_devstack import Endpoints
-from capi_emulator import start_in_thread
 from capi_emulator.server import RunningEmulator
 from tests.integration.pipeline_helpers import (
     ConsumerProcess,
@@ -23,12 +22,6 @@ from tests.integration.pipeline_helpers import (
 from tests.integration.test_failures import orders
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with start_in_thread() as emu:
-        yield emu
 
 
 def rebalance_events(consumer: ConsumerProcess) -> list[tuple[str, list[str]]]:
