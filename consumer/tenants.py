@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -391,22 +391,6 @@ class TenantRegistry:
         return result
 
 
-def load_sources(
-    registry: TenantRegistry,
-    file: FileTenantSource | None,
-    poll_topic: Callable[[], Iterable[tuple[str, TenantEntry | InvalidEntry | None]]] | None,
-) -> None:
-    """One refresh of every source (the loop calls this every `platform.reload_interval_s`)."""
-    if file is not None:
-        snapshot = file.poll()
-        if snapshot is not None:
-            registry.replace("file", snapshot)
-    if poll_topic is not None:
-        for tenant_id, entry in poll_topic():
-            registry.apply("topic", tenant_id, entry)
-    registry.refresh()
-
-
 Change = tuple[str, TenantEntry | InvalidEntry | None]
 """(tenant id, its entry, the reason it was refused, or None when it was removed)."""
 
@@ -501,7 +485,7 @@ class TenantSync:
         if self._topic is not None:
             for tenant_id, entry in self._topic.load_to_end(timeout_s):
                 self.registry.apply("topic", tenant_id, entry)
-        load_sources(self.registry, self._file, None)
+        self._reload()
         self.registry.take_changes()
         log.info(
             "tenant registry loaded",
@@ -515,10 +499,18 @@ class TenantSync:
                 self.registry.apply("topic", tenant_id, entry)
         if now - self._last >= self._interval_s:
             self._last = now
-            load_sources(self.registry, self._file, None)
+            self._reload()
         changed = self.registry.take_changes()
         if changed and self._on_changes is not None:
             self._on_changes(changed, now)
+
+    def _reload(self) -> None:
+        """The file again when it changed, and every tenant's token (a rotated secret)."""
+        if self._file is not None:
+            snapshot = self._file.poll()
+            if snapshot is not None:
+                self.registry.replace("file", snapshot)
+        self.registry.refresh()
 
     def close(self) -> None:
         if self._topic is not None:
