@@ -10,6 +10,8 @@ prometheus-client exports a counter `capi_x` as `capi_x_total` (plus `capi_x_cre
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumer import __version__
@@ -180,6 +182,17 @@ class Metrics:
             "capi_build_info", "Always 1; the label carries the running version", ["version"], registry=r
         )
         self.build_info.labels(__version__).set(1)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: prometheus-client's `labels()` takes a lock and builds
+        a key on every call, which per request added up when platform mode sends hundreds of small
+        batches a second. Label values are bounded (see above), so this map is too."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def series_names(self) -> set[str]:
         """Every sample name a scrape of this registry can contain (suffixes included)."""

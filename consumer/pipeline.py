@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_POLL = 1000
 IDLE_SLEEP_S = 0.01
+REVOKE_POLL_S = 0.01
 LAG_INTERVAL_S = 2.0
 _MATCH_KEY_SET = frozenset(MATCH_KEYS)
 
@@ -131,7 +132,6 @@ class Pipeline:
         self._fatal: BaseException | None = None
         self._overloaded = False
         self._lag_series: set[tuple[str, int]] = set()
-        self._mapped_counters: dict[str, Any] = {}
         self._pass: _Pass | None = None
         self._last_pass_end = float("-inf")
         self._pass_wanted = False
@@ -219,6 +219,7 @@ class Pipeline:
         the last settled record)."""
         p = self.p
         clock = p.clock
+        p.source.before_revoke = self._drain_revoked
         p.source.subscribe()
         self.running = True
         last_lag = 0.0
@@ -230,13 +231,19 @@ class Pipeline:
                 self.turns += 1
                 p.metrics.last_loop.set(clock.wall())
                 # Paused partitions return nothing, but polling keeps the group membership alive.
-                records = p.source.consume(MAX_RECORDS_PER_POLL)
+                records = await p.source.poll(MAX_RECORDS_PER_POLL)
                 if records:
                     self._count_consumed(records)
                 for origin in records:
                     self._handle(origin)
                 for batch in p.batcher.due():
                     self._launch(batch)
+                if self._overloaded and p.batcher.open_events:
+                    # Paused for backpressure: no event joins an open batch until some leave, so
+                    # lingering further only stalls the loop (with many tenants' batches open, their
+                    # events alone can fill the in-flight limit).
+                    for batch in p.batcher.drain():
+                        self._launch(batch)
                 if p.on_turn is not None:
                     p.on_turn(now)
                 if p.parking is not None:
@@ -267,7 +274,8 @@ class Pipeline:
         # One increment per topic and poll: prometheus-client costs about a microsecond per call.
         counts = Counter(origin.topic for origin in records)
         for topic, n in counts.items():
-            self.p.metrics.records_consumed.labels(topic).inc(n)
+            m = self.p.metrics
+            m.child(m.records_consumed, topic).inc(n)
 
     def _handle(self, origin: Origin) -> None:
         p = self.p
@@ -319,10 +327,7 @@ class Pipeline:
             p.metrics.identifiers_omitted.labels(omission.field, omission.reason).inc()
         event: dict[str, Any] = result.event
         event_name: str = event["event_name"]
-        mapped = self._mapped_counters.get(event_name)
-        if mapped is None:
-            mapped = self._mapped_counters[event_name] = p.metrics.events_mapped.labels(event_name)
-        mapped.inc()
+        p.metrics.child(p.metrics.events_mapped, event_name).inc()
         pending = PendingEvent(
             # A copy of exactly the body's size: orjson's result keeps its growth buffer (about 4 KB of
             # RSS for a 1 KB event), which multiplied by the events in flight was most of the RSS.
@@ -392,12 +397,13 @@ class Pipeline:
         if p.parking is not None and destination.parks:
             self._parked_or_released(destination, outcomes, parked=parked)
         # Counters once per batch and label set rather than per event.
+        m, label = p.metrics, destination.pixel_label
         for name, n in names.items():
-            p.metrics.events_accepted.labels(destination.pixel_label, name).inc(n)
+            m.child(m.events_accepted, label, name).inc(n)
         self.stats.accepted.update(names)
         for key, n in keys.items():
             if key in _MATCH_KEY_SET:
-                p.metrics.match_keys.labels(destination.pixel_label, key).inc(n)
+                m.child(m.match_keys, label, key).inc(n)
 
     # -- routing and parking (platform mode)
     def _unroutable(self, route: Unroutable, origin: Origin, ticket: Ticket) -> None:
@@ -608,6 +614,33 @@ class Pipeline:
         for (topic, partition), lag in lags.items():
             gauge.labels(topic, str(partition)).set(lag)
         self._lag_series = set(lags)
+
+    # -- rebalance
+    async def _drain_revoked(self, keys: list[TopicPartitionKey]) -> None:
+        """Before partitions are revoked (a clean rebalance): send what waits in open batches and let
+        the in-flight records of those partitions settle, within the shutdown drain deadline, so the
+        commit that follows covers them and their next owner does not send them again."""
+        p = self.p
+        clock = p.clock
+        if not keys or self._fatal is not None:
+            return
+        for batch in p.batcher.drain():
+            self._launch(batch)
+        started = clock.monotonic()
+        deadline = started + p.drain_deadline_s
+        waiting = sum(_in_flight(p.ledger, k) for k in keys)
+        while waiting and self._fatal is None and clock.monotonic() < deadline:
+            # The loop body is suspended in poll(): serve the producers' callbacks from here.
+            p.dlq.poll()
+            if p.parking is not None:
+                p.parking.writer.poll()
+            await clock.sleep(REVOKE_POLL_S)
+            waiting = sum(_in_flight(p.ledger, k) for k in keys)
+        extra = {"partitions": len(keys), "seconds": round(clock.monotonic() - started, 3)}
+        if waiting:
+            log.warning("revoking with events still in flight", extra={**extra, "events": waiting})
+        else:
+            log.info("revoked partitions' deliveries finished", extra=extra)
 
     # -- shutdown
     async def _shutdown(self) -> None:

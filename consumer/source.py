@@ -6,9 +6,14 @@ one: `enable.auto.offset.store=false`; an offset is stored (`store_offsets`) onl
 stored offsets, and revocation and shutdown commit synchronously.
 
 Rebalancing is incremental (cooperative-sticky by default, or KIP-848 with group_protocol=consumer).
-On revoke, the revoked partitions' settled watermark is committed and their unsettled records are
-abandoned: the next owner re-reads them, and Meta deduplicates the resends because the order ID is
-the event_id. On lost, nothing is committed.
+On revoke (a clean rebalance), the loop first lets the revoked partitions' deliveries finish, within
+a bound (`before_revoke`, see `poll`), then their settled watermark is committed; whatever is still
+unsettled then is abandoned: the next owner re-reads it, and Meta deduplicates the resends because
+the order ID is the event_id. On lost (the member was already thrown out), nothing is committed.
+
+Waiting needs the asyncio loop to keep running while librdkafka is inside its rebalance callback, so
+`KafkaSource.poll` calls librdkafka's consume() in a worker thread and the callbacks hand their work
+back to the loop's thread: every change of the bookkeeping happens on that thread, as before.
 
 A bounded partition hands out only the records below its end offset: a record at or past it is
 dropped untracked, the partition is paused and its position set back to the end. Replay bounds every
@@ -24,10 +29,13 @@ the tests' in-memory source adds a list of records, so both run the same rules.
 from __future__ import annotations
 
 import abc
+import asyncio
+import concurrent.futures
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -36,6 +44,11 @@ from consumer.errors import kafka_error_class
 from consumer.offsets import OffsetLedger, TopicPartitionKey
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+_CALLBACK_TIMEOUT_S = 300.0
+"""How long a rebalance callback in the poll thread waits for the loop (a safety net: the loop's own
+work, `before_revoke` included, has shorter bounds; librdkafka's max.poll.interval.ms is 300 s)."""
 
 
 @dataclass(slots=True)
@@ -82,10 +95,17 @@ class Source(Protocol):
     fatal_error: str | None
     """Set when the source can no longer be used (the loop stops without committing further)."""
 
+    before_revoke: RevokeHook | None
+    """Awaited before revoked partitions are given up (see `poll`)."""
+
     def subscribe(self) -> None: ...
 
     def consume(self, max_records: int) -> list[Origin]:
         """Records available now, without blocking."""
+        ...
+
+    async def poll(self, max_records: int) -> list[Origin]:
+        """`consume`, during which a revocation may wait for `before_revoke`."""
         ...
 
     def store_settled(self) -> int:
@@ -111,6 +131,11 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+RevokeHook = Callable[[list[TopicPartitionKey]], Awaitable[None]]
+"""Given the partitions about to be revoked; returns when their in-flight records are settled or
+its own bound passed."""
 
 
 class UnsafeConfigError(ValueError):
@@ -157,6 +182,7 @@ class PartitionSource(abc.ABC):
         self.at_end: set[TopicPartitionKey] = set()
         """Partitions of a bounded source that reached their end offset (kept paused)."""
         self.fatal_error: str | None = None
+        self.before_revoke: RevokeHook | None = None
 
     # -- what each source reads in its own way (see `Source`)
     @abc.abstractmethod
@@ -164,6 +190,9 @@ class PartitionSource(abc.ABC):
 
     @abc.abstractmethod
     def consume(self, max_records: int) -> list[Origin]: ...
+
+    async def poll(self, max_records: int) -> list[Origin]:
+        return self.consume(max_records)
 
     @abc.abstractmethod
     def positions(self) -> dict[TopicPartitionKey, int]: ...
@@ -223,6 +252,10 @@ class PartitionSource(abc.ABC):
         self._changed()
 
     def _revoked(self, keys: list[TopicPartitionKey]) -> None:
+        self._commit_revoked(keys, self._give_up(keys))
+
+    def _give_up(self, keys: list[TopicPartitionKey]) -> list[tuple[TopicPartitionKey, int]]:
+        """Forget revoked partitions; returns their settled watermarks (to commit)."""
         offsets = []
         for key in keys:
             ledger = self._ledger.get(key)
@@ -231,13 +264,28 @@ class PartitionSource(abc.ABC):
             self._ledger.revoke(key)
             self.assigned.discard(key)
             self.paused_partitions.discard(key)
+        self._changed()
+        return offsets
+
+    def _commit_revoked(
+        self, keys: list[TopicPartitionKey], offsets: list[tuple[TopicPartitionKey, int]]
+    ) -> None:
         if offsets:
             try:
                 self._commit(offsets)
             except KafkaException as exc:
                 log.warning("commit on revoke failed", extra={"error": str(exc)})
         log.info("partitions revoked", extra={"partitions": _names(keys)})
-        self._changed()
+
+    async def _revoke_after_drain(self, keys: list[TopicPartitionKey]) -> list[tuple[TopicPartitionKey, int]]:
+        """A clean revocation: let `before_revoke` finish the partitions' deliveries, then give them
+        up; returns the watermarks to commit."""
+        if self.before_revoke is not None:
+            try:
+                await self.before_revoke([k for k in keys if k in self.assigned])
+            except Exception:
+                log.exception("waiting for the revoked partitions' deliveries failed")
+        return self._give_up(keys)
 
     def _lost(self, keys: list[TopicPartitionKey]) -> None:
         # Another member may already own them: committing now could move its offsets backwards.
@@ -328,21 +376,69 @@ class KafkaSource(PartitionSource):
         # librdkafka's own log lines go through logging, so they come out as structured JSON too.
         self._consumer = Consumer(dict(conf), logger=logging.getLogger("librdkafka.consumer"))
         self._topics = topics
+        self._poller: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._waiting: concurrent.futures.Future[Any] | None = None
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
             self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
 
-    # rebalance callbacks (run inside consume())
+    # rebalance callbacks (run inside consume(): in the poll thread, or in the loop's thread when
+    # `consume` or `close` is called directly)
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned([(tp.topic, tp.partition) for tp in partitions])
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._on_loop(self._as_coroutine(self._assigned, keys), lambda: self._assigned(keys))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._revoked([(tp.topic, tp.partition) for tp in partitions])
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        # The commit stays in the callback's thread: a synchronous commit from the loop's thread
+        # while this callback is open never completes.
+        offsets = self._on_loop(self._revoke_after_drain(keys), lambda: self._give_up(keys))
+        self._commit_revoked(keys, offsets)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._lost([(tp.topic, tp.partition) for tp in partitions])
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._on_loop(self._as_coroutine(self._lost, keys), lambda: self._lost(keys))
+
+    @staticmethod
+    async def _as_coroutine(
+        fn: Callable[[list[TopicPartitionKey]], None], keys: list[TopicPartitionKey]
+    ) -> None:
+        fn(keys)
+
+    def _on_loop(self, work: Coroutine[Any, Any, _T], direct: Callable[[], _T]) -> _T:
+        """From the poll thread: run `work` on the loop's thread and wait for it (librdkafka holds the
+        rebalance until this callback returns). On the loop's thread itself: `direct()`."""
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread or loop.is_closed():
+            work.close()
+            return direct()
+        future = self._waiting = asyncio.run_coroutine_threadsafe(work, loop)
+        try:
+            result: _T = future.result(timeout=_CALLBACK_TIMEOUT_S)
+            return result
+        except BaseException as exc:  # the loop is gone, stuck or closing: keep the bookkeeping right
+            future.cancel()
+            log.error("rebalance callback could not run on the loop", extra={"error": repr(exc)})
+            return direct()
+        finally:
+            self._waiting = None
+
+    async def poll(self, max_records: int) -> list[Origin]:
+        """`consume` in the poll thread, so the loop keeps delivering while librdkafka waits in a
+        revocation callback for `before_revoke`."""
+        if self.before_revoke is None:
+            return self.consume(max_records)
+        if self._poller is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+            self._poller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-poll")
+        assert self._loop is not None
+        messages = await self._loop.run_in_executor(self._poller, self._fetch, max_records)
+        return self._records(messages)
 
     # broker operations
     def _pause(self, keys: list[TopicPartitionKey]) -> None:
@@ -377,9 +473,15 @@ class KafkaSource(PartitionSource):
             return None
         return int(high) if high is not None and high >= 0 else None
 
+    def _fetch(self, max_records: int) -> list[Message]:
+        messages: list[Message] = self._consumer.consume(num_messages=max_records, timeout=0)
+        return messages
+
     def consume(self, max_records: int) -> list[Origin]:
         """Records available now (never blocks: the caller is an asyncio loop)."""
-        messages: list[Message] = self._consumer.consume(num_messages=max_records, timeout=0)
+        return self._records(self._fetch(max_records))
+
+    def _records(self, messages: list[Message]) -> list[Origin]:
         records = []
         for msg in messages:
             err = msg.error()
@@ -420,6 +522,11 @@ class KafkaSource(PartitionSource):
         return result
 
     def close(self) -> None:
+        if self._poller is not None:
+            waiting = self._waiting
+            if waiting is not None:
+                waiting.cancel()  # a callback waiting for this (now busy) thread would wait in vain
+            self._poller.shutdown(wait=True)
         self._consumer.close()
 
 

@@ -188,8 +188,17 @@ class MemorySource(PartitionSource):
             self._positions[key] = self.committed.get(key, 0)
         self._assigned(keys)
 
+    async def revoke_cleanly(self, keys: list[TopicPartitionKey]) -> None:
+        """A revocation as librdkafka's callback makes it in the service: `before_revoke` first."""
+        self._commit_revoked(keys, await self._revoke_after_drain(keys))
+        self._forget(keys)
+
     def revoke(self, keys: list[TopicPartitionKey]) -> None:
+        """A revocation without waiting (as when `before_revoke` ran out of time)."""
         self._revoked(keys)
+        self._forget(keys)
+
+    def _forget(self, keys: list[TopicPartitionKey]) -> None:
         for key in keys:
             self._positions.pop(key, None)
             self._broker_paused.discard(key)

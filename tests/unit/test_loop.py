@@ -190,6 +190,20 @@ def test_backpressure_pauses_at_the_limit_and_resumes_below_half_of_it() -> None
     run(scenario)
 
 
+def test_open_batches_leave_at_once_when_they_alone_fill_the_in_flight_limit() -> None:
+    async def scenario() -> None:
+        # A linger far longer than the run: only backpressure can send these batches early.
+        h = Harness.build({"orders": "A"}, linger_s=600, max_in_flight_events=20, max_per_poll=5)
+        h.produce("orders", orders(40))
+        started = h.clock.monotonic()
+        await h.run_until(lambda: len(h.graph.accepted["A"]) == 40)
+        assert h.clock.monotonic() - started < 600, "waited for the linger"
+        assert [len(ids) for _name, ids in h.graph.requests] == [20, 20]
+        assert h.committed() == {("orders", 0): 40}
+
+    run(scenario)
+
+
 def test_revoked_partition_commits_what_is_settled_and_ignores_late_results() -> None:
     async def scenario() -> None:
         h = Harness.build({"orders": "A"}, max_events=5)
@@ -210,6 +224,48 @@ def test_revoked_partition_commits_what_is_settled_and_ignores_late_results() ->
         await h.until(lambda: h.committed().get(("orders", 0)) == 20)
         await h.stop()
         assert sorted(h.graph.accepted["A"]) == sorted(ids + ids[10:])  # Meta dedups the resends
+
+    run(scenario)
+
+
+def test_a_clean_revocation_lets_the_partitions_deliveries_finish_and_commits_them() -> None:
+    async def scenario() -> None:
+        h = Harness.build({"orders": "A"}, max_events=5, linger_s=3600)
+        ids = h.produce("orders", orders(22))  # 4 full batches in flight, 2 events in an open one
+        h.graph.hold()
+        h.start()
+        await h.until(lambda: h.graph.waiting == 4 and h.pipeline.p.batcher.open_events == 2)
+        h.clock.gate.clear()  # virtual time stands still until the answers came
+        revoking = asyncio.create_task(h.memory_source.revoke_cleanly([("orders", 0)]))
+        await h.until(lambda: h.graph.waiting == 5)  # the open batch is sent at once
+        assert not revoking.done(), "gave the partition up with deliveries in flight"
+        await h.graph.release()
+        await h.until(lambda: len(h.graph.accepted["A"]) == 22)
+        h.clock.gate.set()
+        await asyncio.wait_for(revoking, 10)
+        assert h.committed() == {("orders", 0): 22}
+        h.memory_source.assign([("orders", 0)])  # a later owner starts after them
+        await h.turns()
+        await h.stop()
+        assert sorted(h.graph.accepted["A"]) == sorted(ids), "sent twice"
+
+    run(scenario)
+
+
+def test_a_clean_revocation_waits_no_longer_than_the_drain_deadline() -> None:
+    async def scenario() -> None:
+        h = Harness.build({"orders": "A"}, max_events=5)
+        h.produce("orders", orders(10))
+        h.graph.hold()
+        h.start()
+        await h.until(lambda: h.graph.waiting == 2)
+        started = h.clock.monotonic()
+        await asyncio.wait_for(h.memory_source.revoke_cleanly([("orders", 0)]), 30)
+        waited = h.clock.monotonic() - started
+        assert h.pipeline.p.drain_deadline_s <= waited < h.pipeline.p.drain_deadline_s + 1
+        assert h.committed().get(("orders", 0), 0) == 0  # unsettled: the next owner sends them
+        await h.graph.release()
+        await h.stop()
 
     run(scenario)
 

@@ -1,0 +1,77 @@
+"""A clean rebalance sends nothing twice (issue 16): the member that gives partitions up lets their
+in-flight deliveries finish and commits them before the new owner starts reading. Real broker,
+registry and emulator, two `capi-consumer run` processes, both group protocols."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from capi_devstack import Endpoints
+from capi_emulator.server import RunningEmulator
+from tests.integration.pipeline_helpers import (
+    ConsumerProcess,
+    add_fault,
+    committed_total,
+    emulator_events,
+    produce,
+    wait_for,
+    write_config,
+)
+from tests.integration.test_failures import orders
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_a_member_joining_mid_delivery_causes_no_resend(
+    protocol: str,
+    tmp_path: Path,
+    devstack: Endpoints,
+    emulator: RunningEmulator,
+    make_topic: Callable[..., str],
+) -> None:
+    topic = make_topic("orders", partitions=4)
+    group = f"g-rebalance-{protocol}-{time.monotonic_ns()}"
+    config = write_config(
+        tmp_path,
+        devstack,
+        emulator.base_url,
+        {topic: "order"},
+        group_id=group,
+        extra={
+            "kafka": {"group_protocol": protocol},
+            "batching": {"max_events": 20},
+            "shutdown": {"drain_deadline_s": 30},  # also the bound of a revocation's wait
+        },
+    )
+    samples = orders(800)
+    produce(devstack, samples, {topic: "order"})
+    # Every request takes 3 s and 8 are in flight at a time: the first member needs 15 s for its 40
+    # batches, so when the second one has started and joined it still has most of them queued or
+    # in flight, about half on the partitions it gives up.
+    add_fault(emulator.base_url, {"kind": "latency", "latency_ms": 3000})
+    first = ConsumerProcess(config, tmp_path / "first.log")
+    second: ConsumerProcess | None = None
+    try:
+        wait_for(lambda: len(emulator_events(emulator.base_url)) >= 20, 60, "the first accepted batch")
+        second = ConsumerProcess(config, tmp_path / "second.log")
+        wait_for(lambda: "partitions assigned" in second.log(), 60, "the second member's assignment")
+        wait_for(lambda: len(emulator_events(emulator.base_url)) >= len(samples), 120, "every event")
+        wait_for(lambda: committed_total(devstack.bootstrap_servers, group, topic, 4) == 800, 30, "commits")
+        time.sleep(2)  # anything sent twice would arrive now
+    finally:
+        codes = [first.terminate()]
+        if second is not None:
+            codes.append(second.terminate())
+    events = emulator_events(emulator.base_url)
+    sent = Counter(e["event"]["event_id"] for e in events)
+    assert set(sent) == {s.record["order_id"] for s in samples}
+    assert [i for i, n in sent.items() if n > 1] == [], "sent twice across the rebalance"
+    assert "revoked partitions' deliveries finished" in first.log(), first.log()[-3000:]
+    assert "revoking with events still in flight" not in first.log()
+    assert codes == [0] * len(codes), (first.log()[-2000:], second.log()[-2000:] if second else "")
