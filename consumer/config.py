@@ -780,7 +780,7 @@ class DlqConfig(_Model):
     max_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
     window_s: PositiveFloat = 60.0
     min_events: Annotated[int, Field(ge=1)] = 100
-    write_timeout_s: PositiveFloat = 30.0
+    write_timeout_s: PositiveFloat = 120.0
     """How long Kafka may take to acknowledge a dead-letter copy before the consumer stops."""
     monitor_interval_s: PositiveFloat = 60.0
     """How often the age of the oldest record waiting in each dead-letter topic is measured."""

@@ -3,6 +3,10 @@
 Writer schemas come from the Schema Registry through confluent-kafka's client (which caches by ID);
 records are resolved with fastavro into the project's reader schema, so a producer on an older or
 newer compatible writer schema still decodes into the shape the mapping was checked against.
+
+The run loop never lets `decode` wait for the registry: it asks `schema_to_fetch` which records carry
+a schema ID not loaded yet, fetches those with `fetch_schema` in a worker thread (retrying while the
+registry is unreachable, the loop serving everything else meanwhile) and hands them over with `learn`.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ def parse_schema(schema: Mapping[str, Any] | str) -> Schema:
     return fastavro.parse_schema(raw)
 
 
+class RegistryUnavailable(Exception):
+    """The registry could not be asked (connection, timeout, 5xx): worth asking again later."""
+
+
 def _fail(reason: str, message: str, cls: ErrorClass = ErrorClass.PERMANENT) -> PipelineError:
     return PipelineError(Failure(Stage.DECODE, reason, cls, message))
 
@@ -66,6 +74,11 @@ class Decoder:
         self._registry = registry
         # (topic, schema id) -> (writer schema, reader schema or None when identical)
         self._resolved: dict[tuple[str, int], tuple[Schema, Schema | None]] = {}
+        self._fetched: dict[int, str] = {}
+        """Schema ID -> writer schema text, loaded ahead by the run loop (`learn`)."""
+        self._known_headers: set[tuple[str, bytes]] = set()
+        self._refused: dict[int, PipelineError] = {}
+        """Schema IDs the registry refused (4xx) or that are not Avro: their records fail at once."""
         missing = [t for t in self._readers if t not in self._schemaless and registry is None]
         if missing:
             raise ValueError(f"topics {missing} need a schema registry or a writer schema")
@@ -99,9 +112,53 @@ class Decoder:
             raise _fail(AVRO_DECODE_ERROR, "Avro value is not a record")
         return record
 
+    def schema_to_fetch(self, topic: str, value: bytes | None) -> int | None:
+        """The schema ID of a Confluent-framed value whose writer schema is not loaded yet, else None
+        (also for values `decode` refuses without the registry)."""
+        if topic in self._schemaless or not value or len(value) < HEADER_SIZE or value[0] != MAGIC_BYTE:
+            return None
+        header = (topic, value[:HEADER_SIZE])
+        if header in self._known_headers:
+            return None
+        schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
+        if (topic, schema_id) in self._resolved or schema_id in self._fetched or schema_id in self._refused:
+            self._known_headers.add(header)
+            return None
+        return schema_id
+
+    def fetch_schema(self, schema_id: int) -> str | None:
+        """One registry request (blocking: run it in a thread). Returns the schema text, None when the
+        registry says the ID or its type is wrong (`decode` then fails the record with the reason);
+        raises `RegistryUnavailable` when it cannot be asked."""
+        assert self._registry is not None
+        try:
+            schema = self._registry.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code is not None and 400 <= exc.http_status_code < 500:
+                self._refused[schema_id] = _fail(
+                    UNKNOWN_SCHEMA_ID,
+                    f"schema ID {schema_id}: the registry answered {exc.http_status_code}",
+                )
+                return None
+            raise RegistryUnavailable(f"{type(exc).__name__}: http {exc.http_status_code}") from exc
+        except Exception as exc:  # connection refused, timeouts, TLS errors
+            raise RegistryUnavailable(type(exc).__name__) from exc
+        if schema.schema_type not in (None, "AVRO"):
+            self._refused[schema_id] = _fail(
+                SCHEMA_RESOLUTION_ERROR, f"schema {schema_id} is {schema.schema_type}"
+            )
+            return None
+        return str(schema.schema_str)
+
+    def learn(self, schema_id: int, schema_str: str) -> None:
+        self._fetched[schema_id] = schema_str
+
     def _resolve(self, topic: str, schema_id: int) -> tuple[Schema, Schema | None]:
         assert self._registry is not None
-        schema_str = self._fetch(schema_id)
+        refused = self._refused.get(schema_id)
+        if refused is not None:
+            raise PipelineError(refused.failure)  # a new one each time: a re-raise grows its traceback
+        schema_str = self._fetched.get(schema_id) or self._fetch(schema_id)
         try:
             writer = parse_schema(schema_str)
         except Exception as exc:
@@ -130,7 +187,7 @@ class Decoder:
                 if schema.schema_type not in (None, "AVRO"):
                     raise _fail(SCHEMA_RESOLUTION_ERROR, f"schema {schema_id} is {schema.schema_type}")
                 return str(schema.schema_str)
-            # New schema IDs are rare (the client caches), so a short blocking retry is cheap here.
+            # Outside the run loop (which loads schemas ahead, see above) a short blocking retry.
             time.sleep(REGISTRY_BACKOFF_S * (2**attempt))
         raise _fail(
             REGISTRY_UNAVAILABLE,

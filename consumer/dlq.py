@@ -163,7 +163,7 @@ class DeadLetterWriter:
         *,
         group_id: str,
         topic_for: Callable[[str], str],
-        write_timeout_s: float = 30.0,
+        write_timeout_s: float = 120.0,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         """`topic_for(source topic)` names its dead-letter topic."""

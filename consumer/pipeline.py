@@ -22,7 +22,7 @@ import orjson
 from consumer.batch import Batch, Batcher, PendingEvent
 from consumer.clock import SYSTEM_CLOCK, Clock
 from consumer.config import TENANT_PREFIX
-from consumer.decode import Decoder
+from consumer.decode import Decoder, RegistryUnavailable
 from consumer.deliver import Deliverer, Destination
 from consumer.dlq import DeadLetterGuard, DeadLetters
 from consumer.errors import TENANT_PARKED, ErrorClass, Failure, Stage
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 MAX_RECORDS_PER_POLL = 1000
 IDLE_SLEEP_S = 0.01
 REVOKE_POLL_S = 0.01
+REGISTRY_RETRY_S = 0.5
+REGISTRY_RETRY_MAX_S = 15.0
+REGISTRY_WARN_EVERY_S = 30.0
 LAG_INTERVAL_S = 2.0
 _MATCH_KEY_SET = frozenset(MATCH_KEYS)
 
@@ -131,6 +134,11 @@ class Pipeline:
         self._tasks: set[asyncio.Task[None]] = set()
         self._fatal: BaseException | None = None
         self._overloaded = False
+        self._held: list[tuple[Origin, object]] = []
+        """Records waiting for their writer schema (with their partition's ledger when held)."""
+        self._schema_task: asyncio.Task[None] | None = None
+        self.registry_problem: str | None = None
+        """Set while the schema registry cannot be reached for a schema the held records need."""
         self._lag_series: set[tuple[str, int]] = set()
         self._pass: _Pass | None = None
         self._last_pass_end = float("-inf")
@@ -157,6 +165,8 @@ class Pipeline:
             return False, "not running"
         if not self.p.source.assigned:
             return False, "no partitions assigned"
+        if self.registry_problem is not None:
+            return False, self.registry_problem
         if self.parked:
             return False, "destination parked: " + ", ".join(self.parked)
         return True, "ok"
@@ -234,6 +244,8 @@ class Pipeline:
                 records = await p.source.poll(MAX_RECORDS_PER_POLL)
                 if records:
                     self._count_consumed(records)
+                if self._held or self._schemas_missing(records):
+                    records = self._hold_for_schemas(records)
                 for origin in records:
                     self._handle(origin)
                 for batch in p.batcher.due():
@@ -602,7 +614,7 @@ class Pipeline:
         self._overloaded = overloaded
         blocked = p.deliverer.state.blocked()
         topics = set().union(*(p.destination_topics.get(d, set()) for d in blocked)) if blocked else set()
-        p.source.apply_pauses(all_topics=overloaded, topics=topics)
+        p.source.apply_pauses(all_topics=overloaded or bool(self._held), topics=topics)
         p.metrics.partitions_paused.set(len(p.source.paused_partitions))
 
     def _export_lag(self) -> None:
@@ -614,6 +626,54 @@ class Pipeline:
         for (topic, partition), lag in lags.items():
             gauge.labels(topic, str(partition)).set(lag)
         self._lag_series = set(lags)
+
+    # -- writer schemas: loaded ahead, so decoding never waits for the registry in the loop
+    def _schemas_missing(self, records: Sequence[Origin]) -> set[int]:
+        to_fetch = self.p.decoder.schema_to_fetch
+        return {i for o in records if (i := to_fetch(o.topic, o.value)) is not None}
+
+    def _hold_for_schemas(self, records: Sequence[Origin]) -> list[Origin]:
+        """Hold records (all partitions pause meanwhile) until the writer schemas they need are loaded;
+        returns the records to handle now, in consumption order. A held record is untracked: nothing
+        past it is committed, and if its partition moves away meanwhile it is dropped (the next owner
+        reads it again)."""
+        ledger = self.p.ledger
+        self._held.extend((o, ledger.get((o.topic, o.partition))) for o in records)
+        if self._schema_task is not None and not self._schema_task.done():
+            return []
+        self._schema_task = None
+        missing = self._schemas_missing([o for o, _ in self._held])
+        if missing:
+            self._schema_task = asyncio.create_task(self._load_schemas(missing))
+            return []
+        held, self._held = self._held, []
+        return [o for o, owner in held if ledger.get((o.topic, o.partition)) is owner]
+
+    async def _load_schemas(self, schema_ids: set[int]) -> None:
+        decoder, clock = self.p.decoder, self.p.clock
+        delay = REGISTRY_RETRY_S
+        warned_at = float("-inf")
+        for schema_id in sorted(schema_ids):
+            while True:
+                try:
+                    text = await asyncio.to_thread(decoder.fetch_schema, schema_id)
+                except RegistryUnavailable as exc:
+                    self.registry_problem = f"schema registry unreachable: {exc}"
+                    if clock.monotonic() - warned_at >= REGISTRY_WARN_EVERY_S:
+                        warned_at = clock.monotonic()
+                        log.warning(
+                            "schema registry unreachable: records wait for their writer schema",
+                            extra={"schema_id": schema_id, "error": str(exc), "retry_in_s": delay},
+                        )
+                    await clock.sleep(delay)
+                    delay = min(delay * 2, REGISTRY_RETRY_MAX_S)
+                    continue
+                if text is not None:  # else the registry refused the ID: decode dead-letters the records
+                    decoder.learn(schema_id, text)
+                break
+        if self.registry_problem is not None:
+            self.registry_problem = None
+            log.info("schema registry reachable again")
 
     # -- rebalance
     async def _drain_revoked(self, keys: list[TopicPartitionKey]) -> None:
@@ -647,6 +707,8 @@ class Pipeline:
         p = self.p
         clock = p.clock
         deadline = clock.monotonic() + p.drain_deadline_s
+        if self._schema_task is not None:
+            self._schema_task.cancel()
         if self._fatal is None:
             for batch in p.batcher.drain():
                 self._launch(batch)

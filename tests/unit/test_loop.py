@@ -13,12 +13,22 @@ from typing import Any
 import pytest
 
 from capi_devstack.samples import order
+from consumer.decode import Decoder, parse_schema
 from consumer.deliver import Destination, RetryPolicy
 from consumer.dlq import GuardLimits, decode_headers
 from consumer.errors import DESTINATION_UNAVAILABLE, GRAPH_REJECTED_EVENT
 from consumer.pipeline import FatalPipelineError
 from consumer.replay import FILTERED_OUT, ReplayFilter, ReplayPolicy
-from tests.fakes import Backend, Harness, MemoryBroker, avro, graph_error, order_config, pixel_of
+from tests.fakes import (
+    ORDER_SCHEMA,
+    Backend,
+    Harness,
+    MemoryBroker,
+    avro,
+    graph_error,
+    order_config,
+    pixel_of,
+)
 
 NOW_MS = int(time.time() * 1000)
 
@@ -371,5 +381,47 @@ def test_replay_filter_settles_records_outside_it_unprocessed() -> None:
         await asyncio.wait_for(h._task, timeout=5)
         assert h.pipeline.stats.filtered == {FILTERED_OUT: 1} and sum(h.pipeline.stats.accepted.values()) == 1
         assert h.committed() == {("orders.dlq", 0): 2}
+
+    run(scenario)
+
+
+class FlakyRegistry:
+    """A schema registry client that refuses connections while `down`."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.asked = 0
+
+    def get_schema(self, schema_id: int) -> Any:
+        self.asked += 1
+        if self.down:
+            raise ConnectionRefusedError("registry down")
+        return type("Schema", (), {"schema_str": ORDER_SCHEMA.read_text(), "schema_type": "AVRO"})()
+
+
+def test_records_wait_for_an_unreachable_registry_without_failing_or_committing() -> None:
+    async def scenario() -> None:
+        h = Harness.build({"orders": "A"})
+        registry = FlakyRegistry()
+        schema = parse_schema(ORDER_SCHEMA.read_text())
+        h.pipeline.p.decoder = Decoder({"orders": schema}, registry=registry)  # type: ignore[arg-type]
+        records = orders(5)
+        for record in records:
+            h.broker.append("orders", 0, b"\0" + (7).to_bytes(4, "big") + avro(record))
+        h.start()
+        await h.until(lambda: registry.asked >= 3)
+        await h.turns()
+        ready, reason = h.pipeline.readiness()
+        assert not ready and reason.startswith("schema registry unreachable"), reason
+        assert h.graph.requests == [] and h.dlq.copies("orders.dlq") == []
+        assert h.committed().get(("orders", 0), 0) == 0
+        assert h.source.paused_partitions == {("orders", 0)}
+        registry.down = False
+        await h.until(lambda: len(h.graph.accepted["A"]) == 5)
+        await h.until(lambda: h.committed().get(("orders", 0)) == 5)
+        assert h.pipeline.readiness() == (True, "ok")
+        assert h.source.paused_partitions == set()
+        await h.stop()
+        assert sorted(h.graph.accepted["A"]) == sorted(r["order_id"] for r in records)
 
     run(scenario)
