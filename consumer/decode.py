@@ -150,6 +150,21 @@ class Decoder:
             return None
         return str(schema.schema_str)
 
+    @property
+    def uses_registry(self) -> bool:
+        return self._registry is not None and any(t not in self._schemaless for t in self._readers)
+
+    def ping(self) -> None:
+        """One cheap registry request (blocking); raises `RegistryUnavailable` when it gets no answer."""
+        assert self._registry is not None
+        try:
+            self._registry.get_subjects()
+        except SchemaRegistryError as exc:
+            if exc.http_status_code is None or exc.http_status_code >= 500:
+                raise RegistryUnavailable(f"{type(exc).__name__}: http {exc.http_status_code}") from exc
+        except Exception as exc:  # connection refused, timeouts, TLS errors
+            raise RegistryUnavailable(type(exc).__name__) from exc
+
     def learn(self, schema_id: int, schema_str: str) -> None:
         self._fetched[schema_id] = schema_str
 

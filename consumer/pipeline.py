@@ -11,11 +11,12 @@ the others flow. How records are routed, skipped and finished is the `Policy` (l
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 MAX_RECORDS_PER_POLL = 1000
 IDLE_SLEEP_S = 0.01
 REVOKE_POLL_S = 0.01
+_T = TypeVar("_T")
 REGISTRY_RETRY_S = 0.5
 REGISTRY_RETRY_MAX_S = 15.0
 REGISTRY_WARN_EVERY_S = 30.0
@@ -230,6 +232,8 @@ class Pipeline:
         p = self.p
         clock = p.clock
         p.source.before_revoke = self._drain_revoked
+        if p.decoder.uses_registry:
+            self._schema_task = asyncio.create_task(self._reach_registry())
         p.source.subscribe()
         self.running = True
         last_lag = 0.0
@@ -650,30 +654,42 @@ class Pipeline:
         return [o for o, owner in held if ledger.get((o.topic, o.partition)) is owner]
 
     async def _load_schemas(self, schema_ids: set[int]) -> None:
-        decoder, clock = self.p.decoder, self.p.clock
+        decoder = self.p.decoder
+        for schema_id in sorted(schema_ids):
+            text = await self._ask_registry(functools.partial(decoder.fetch_schema, schema_id))
+            if text is not None:  # else the registry refused the ID: decode dead-letters the records
+                decoder.learn(schema_id, text)
+        self._registry_answered()
+
+    async def _reach_registry(self) -> None:
+        """At start-up: not ready until the registry has answered once (records wait meanwhile)."""
+        self.registry_problem = "schema registry not reached yet"
+        await self._ask_registry(self.p.decoder.ping)
+        self._registry_answered()
+
+    async def _ask_registry(self, call: Callable[[], _T]) -> _T:
+        """`call` (blocking) in a worker thread, again and again while the registry is unreachable."""
+        clock = self.p.clock
         delay = REGISTRY_RETRY_S
         warned_at = float("-inf")
-        for schema_id in sorted(schema_ids):
-            while True:
-                try:
-                    text = await asyncio.to_thread(decoder.fetch_schema, schema_id)
-                except RegistryUnavailable as exc:
-                    self.registry_problem = f"schema registry unreachable: {exc}"
-                    if clock.monotonic() - warned_at >= REGISTRY_WARN_EVERY_S:
-                        warned_at = clock.monotonic()
-                        log.warning(
-                            "schema registry unreachable: records wait for their writer schema",
-                            extra={"schema_id": schema_id, "error": str(exc), "retry_in_s": delay},
-                        )
-                    await clock.sleep(delay)
-                    delay = min(delay * 2, REGISTRY_RETRY_MAX_S)
-                    continue
-                if text is not None:  # else the registry refused the ID: decode dead-letters the records
-                    decoder.learn(schema_id, text)
-                break
+        while True:
+            try:
+                return await asyncio.to_thread(call)
+            except RegistryUnavailable as exc:
+                self.registry_problem = f"schema registry unreachable: {exc}"
+                if clock.monotonic() - warned_at >= REGISTRY_WARN_EVERY_S:
+                    warned_at = clock.monotonic()
+                    log.warning(
+                        "schema registry unreachable: records wait for their writer schema",
+                        extra={"error": str(exc), "retry_in_s": delay},
+                    )
+            await clock.sleep(delay)
+            delay = min(delay * 2, REGISTRY_RETRY_MAX_S)
+
+    def _registry_answered(self) -> None:
         if self.registry_problem is not None:
             self.registry_problem = None
-            log.info("schema registry reachable again")
+            log.info("schema registry reachable")
 
     # -- rebalance
     async def _drain_revoked(self, keys: list[TopicPartitionKey]) -> None:

@@ -392,10 +392,17 @@ class FlakyRegistry:
         self.down = True
         self.asked = 0
 
-    def get_schema(self, schema_id: int) -> Any:
+    def _answer(self) -> None:
         self.asked += 1
         if self.down:
             raise ConnectionRefusedError("registry down")
+
+    def get_subjects(self) -> list[str]:
+        self._answer()
+        return ["orders-value"]
+
+    def get_schema(self, schema_id: int) -> Any:
+        self._answer()
         return type("Schema", (), {"schema_str": ORDER_SCHEMA.read_text(), "schema_type": "AVRO"})()
 
 
