@@ -380,6 +380,8 @@ class KafkaSource(PartitionSource):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._waiting: concurrent.futures.Future[Any] | None = None
+        self._deferring = False
+        self._deferred: list[Callable[[], None]] = []
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -394,8 +396,6 @@ class KafkaSource(PartitionSource):
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        # The commit stays in the callback's thread: a synchronous commit from the loop's thread
-        # while this callback is open never completes.
         offsets = self._on_loop(self._revoke_after_drain(keys), lambda: self._give_up(keys))
         self._commit_revoked(keys, offsets)
 
@@ -416,16 +416,37 @@ class KafkaSource(PartitionSource):
         if loop is None or threading.get_ident() == self._loop_thread or loop.is_closed():
             work.close()
             return direct()
+        # librdkafka operations on this consumer from the loop's thread while this callback is open
+        # never complete (pause, commit): the loop's part queues them and this thread runs them after.
+        self._deferring = True
         future = self._waiting = asyncio.run_coroutine_threadsafe(work, loop)
         try:
             result: _T = future.result(timeout=_CALLBACK_TIMEOUT_S)
-            return result
         except BaseException as exc:  # the loop is gone, stuck or closing: keep the bookkeeping right
             future.cancel()
             log.error("rebalance callback could not run on the loop", extra={"error": repr(exc)})
+            self._run_deferred()
             return direct()
         finally:
             self._waiting = None
+        self._run_deferred()
+        return result
+
+    def _broker(self, op: Callable[[], None]) -> None:
+        """Run a librdkafka operation now, or queue it for the open rebalance callback's thread."""
+        if self._deferring:
+            self._deferred.append(op)
+        else:
+            op()
+
+    def _run_deferred(self) -> None:
+        self._deferring = False
+        ops, self._deferred = self._deferred, []
+        for op in ops:
+            try:
+                op()
+            except KafkaException as exc:
+                log.warning("kafka operation after a rebalance failed", extra={"error": str(exc)})
 
     async def poll(self, max_records: int) -> list[Origin]:
         """`consume` in the poll thread, so the loop keeps delivering while librdkafka waits in a
@@ -440,31 +461,42 @@ class KafkaSource(PartitionSource):
         messages = await self._loop.run_in_executor(self._poller, self._fetch, max_records)
         return self._records(messages)
 
-    # broker operations
+    # broker operations (through `_broker`: see `_on_loop`)
     def _pause(self, keys: list[TopicPartitionKey]) -> None:
-        self._consumer.pause([TopicPartition(t, p) for t, p in keys])
+        tps = [TopicPartition(t, p) for t, p in keys]
+        self._broker(lambda: self._consumer.pause(tps))
 
     def _resume(self, keys: list[TopicPartitionKey]) -> None:
-        self._consumer.resume([TopicPartition(t, p) for t, p in keys])
+        tps = [TopicPartition(t, p) for t, p in keys]
+        self._broker(lambda: self._consumer.resume(tps))
 
     def _store(self, offsets: list[tuple[TopicPartitionKey, int]]) -> None:
-        try:
-            self._consumer.store_offsets(offsets=_tps(offsets))
-        except KafkaException as exc:
-            # _STATE: the partition moved to another member between settle and store. Its records
-            # will be re-read there, which is safe.
-            if exc.args and exc.args[0].code() != KafkaError._STATE:
-                raise
+        def store() -> None:
+            try:
+                self._consumer.store_offsets(offsets=_tps(offsets))
+            except KafkaException as exc:
+                # _STATE: the partition moved to another member between settle and store. Its
+                # records will be re-read there, which is safe.
+                if exc.args and exc.args[0].code() != KafkaError._STATE:
+                    raise
+
+        self._broker(store)
 
     def _commit(self, offsets: list[tuple[TopicPartitionKey, int]]) -> None:
-        self._consumer.store_offsets(offsets=_tps(offsets))
-        self._consumer.commit(offsets=_tps(offsets), asynchronous=False)
+        def commit() -> None:
+            self._consumer.store_offsets(offsets=_tps(offsets))
+            self._consumer.commit(offsets=_tps(offsets), asynchronous=False)
+
+        self._broker(commit)
 
     def _seek(self, key: TopicPartitionKey, offset: int) -> None:
-        try:
-            self._consumer.seek(TopicPartition(key[0], key[1], offset))
-        except KafkaException as exc:
-            log.warning("seek failed", extra={"partition": f"{key[0]}[{key[1]}]", "error": str(exc)})
+        def seek() -> None:
+            try:
+                self._consumer.seek(TopicPartition(key[0], key[1], offset))
+            except KafkaException as exc:
+                log.warning("seek failed", extra={"partition": f"{key[0]}[{key[1]}]", "error": str(exc)})
+
+        self._broker(seek)
 
     def high_watermark(self, key: TopicPartitionKey) -> int | None:
         try:
