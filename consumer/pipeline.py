@@ -158,8 +158,8 @@ class Pipeline:
 
     @property
     def idle(self) -> bool:
-        """Nothing consumed is unsettled or waiting in an open batch."""
-        return self.p.ledger.events_in_flight == 0 and self.p.batcher.open_events == 0
+        """Nothing consumed is unsettled, waiting in an open batch or waiting for its schema."""
+        return self.p.ledger.events_in_flight == 0 and self.p.batcher.open_events == 0 and not self._held
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason) for /readyz: the loop runs, partitions are assigned, nothing is parked."""
