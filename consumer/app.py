@@ -7,8 +7,10 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from confluent_kafka import Consumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from consumer import health
@@ -19,6 +21,7 @@ from consumer.decode import Decoder, parse_schema
 from consumer.deliver import Deliverer, Destination, GraphClient, RetryPolicy
 from consumer.dlq import DeadLetterGuard, DeadLetterWriter, GuardLimits
 from consumer.dlq_monitor import DeadLetterMonitor
+from consumer.kafka_errors import KafkaErrors
 from consumer.mapping import Mapper
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetLedger
@@ -50,7 +53,9 @@ def build_destinations(config: AppConfig) -> dict[str, Destination]:
 
 
 def build_tenants(
-    config: AppConfig, on_changes: Callable[[set[str], float], None] | None
+    config: AppConfig,
+    on_changes: Callable[[set[str], float], None] | None,
+    kafka_errors: KafkaErrors | None = None,
 ) -> TenantSync | None:
     """Platform mode's registry and its sources, or None when no tenant registry is configured."""
     sources = config.platform.tenants
@@ -60,6 +65,8 @@ def build_tenants(
     topic = None
     if sources.topic is not None:
         conf = {**config.consumer_properties(), "group.id": config.kafka.group_id + "-tenants"}
+        if kafka_errors is not None:
+            conf = kafka_errors.watch(conf, "tenants")
         topic = RegistryTopic(conf, sources.topic)
     return TenantSync(
         registry,
@@ -99,10 +106,13 @@ def build_pipeline(
     *,
     replay: ReplayPolicy | None = None,
     tenants: TenantSync | None = None,
+    kafka_errors: KafkaErrors | None = None,
 ) -> Pipeline:
     """The live pipeline, or with `replay` the one that reads the dead-letter topics."""
     ledger = OffsetLedger()
-    consumer_conf = config.consumer_properties()
+    errors = kafka_errors or KafkaErrors()
+    consumer_conf = errors.watch(config.consumer_properties(), "consumer")
+    producer_conf = errors.watch(config.producer_properties(), "dlq")
     group = config.kafka.group_id
     topics = list(config.topics)
     dlq_topics = {name: topic.dlq_topic for name, topic in config.topics.items()}
@@ -122,7 +132,7 @@ def build_pipeline(
             ),
             book=TenantBook(),
             writer=DeadLetterWriter(
-                config.producer_properties(),
+                producer_conf,
                 group_id=group,
                 topic_for=lambda topic: by_source[topic],
                 write_timeout_s=config.dlq.write_timeout_s,
@@ -139,14 +149,16 @@ def build_pipeline(
         status_tenants=frozenset(platform.status_tenants),
         park_tenants=parking is not None,
     )
+    source = KafkaSource(
+        consumer_conf,
+        topics,
+        ledger,
+        end_offsets=replay.end_offsets if replay is not None else None,
+        bounded_topics=parked_topics if parking is not None else (),
+    )
+    errors.on_fatal("consumer", source)
     parts = PipelineParts(
-        source=KafkaSource(
-            consumer_conf,
-            topics,
-            ledger,
-            end_offsets=replay.end_offsets if replay is not None else None,
-            bounded_topics=parked_topics if parking is not None else (),
-        ),
+        source=source,
         ledger=ledger,
         decoder=build_decoder(config),
         mapper=mapper or Mapper.from_config(config),
@@ -158,7 +170,7 @@ def build_pipeline(
             tenant_linger_s=config.platform.batch_linger_ms / 1000,
         ),
         dlq=DeadLetterWriter(
-            config.producer_properties(),
+            producer_conf,
             group_id=group,
             topic_for=lambda topic: dlq_topics.get(topic, topic + DLQ_SUFFIX),
             write_timeout_s=config.dlq.write_timeout_s,
@@ -217,11 +229,25 @@ class Service:
         self.metrics = Metrics()
         self.client = build_client(config)
         self._checks: set[asyncio.Task[None]] = set()
-        self.tenants = build_tenants(config, self._tenants_changed)
+        self.kafka_errors = KafkaErrors()
+        """Refused broker connections: one clear log line, and /readyz says why it is not ready."""
+        self.tenants = build_tenants(config, self._tenants_changed, self.kafka_errors)
         self.pipeline = build_pipeline(
-            config, self.metrics, self.client, mapper, replay=replay, tenants=self.tenants
+            config,
+            self.metrics,
+            self.client,
+            mapper,
+            replay=replay,
+            tenants=self.tenants,
+            kafka_errors=self.kafka_errors,
         )
         self.metrics_port: int | None = None
+
+    def _monitor_consumer(self, conf: dict[str, Any]) -> Consumer:
+        """The dead-letter monitor's consumer, its librdkafka lines and errors as the others'."""
+        return Consumer(
+            self.kafka_errors.watch(conf, "dlq_monitor"), logger=logging.getLogger("librdkafka.dlq_monitor")
+        )
 
     def _tenants_changed(self, tenant_ids: set[str], now: float) -> None:
         """A tenant appeared or its entry or token changed: test its connection, and let a parked
@@ -257,7 +283,7 @@ class Service:
             app = health.create_app(
                 self.metrics,
                 loop_turned_at=lambda: pipeline.loop_turned_at or time.monotonic(),
-                ready=pipeline.readiness,
+                ready=self.kafka_errors.readiness(pipeline.readiness),
                 tenants=pipeline.tenant_status if self.tenants is not None else None,
             )
             runner, self.metrics_port = await health.start(
@@ -271,7 +297,10 @@ class Service:
         monitor = None
         if self.replay is None:
             dlq_monitor = DeadLetterMonitor.from_config(
-                self.config, self.metrics, interval_s=self.config.dlq.monitor_interval_s
+                self.config,
+                self.metrics,
+                interval_s=self.config.dlq.monitor_interval_s,
+                consumer_factory=self._monitor_consumer,
             )
             monitor = asyncio.create_task(dlq_monitor.run(stop))
         try:
@@ -327,10 +356,16 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-async def run_until_signalled(config: AppConfig, mapper: Mapper | None = None) -> int:
-    """`capi-consumer run`: SIGTERM/SIGINT start the drain."""
+async def run_until_signalled(
+    config: AppConfig, mapper: Mapper | None = None, early_signals: Sequence[int] = ()
+) -> int:
+    """`capi-consumer run`: SIGTERM/SIGINT start the drain. `early_signals`: those that came while the
+    process started (before these handlers): the service then starts and stops at once, cleanly."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if early_signals:
+        log.info("stop requested while starting", extra={"signal": early_signals[0]})
+        stop.set()
     return await Service(config, mapper).run(stop)

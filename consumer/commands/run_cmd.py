@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 
 from consumer import logs
@@ -12,6 +13,11 @@ from consumer.config import ConfigError, load_config
 
 
 def main(args: argparse.Namespace) -> int:
+    # Until the loop installs its handlers, remember a SIGTERM/SIGINT instead of dying of it: a member
+    # stopped while it starts (rolling update, scale-down) then still exits cleanly.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     logs.setup(os.environ.get("CAPI_LOG_LEVEL", "INFO"))
     try:
         config = load_config(args.config)
@@ -24,4 +30,4 @@ def main(args: argparse.Namespace) -> int:
         print(f"capi-consumer: configuration error\n{exc}", file=sys.stderr)
         return 2
     tune_gc()
-    return asyncio.run(run_until_signalled(config, mapper))
+    return asyncio.run(run_until_signalled(config, mapper, early))

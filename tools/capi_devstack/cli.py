@@ -29,6 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--emulator-config", type=Path, default=None, help="emulator config file")
     parser.add_argument("--no-registry", action="store_true", help="start the broker only")
     parser.add_argument(
+        "--sasl-ssl",
+        action="store_true",
+        help=(
+            "also a SASL_SSL listener (SCRAM-SHA-512, throwaway CA); the JSON line then has a "
+            '"sasl_ssl" object: its bootstrap servers, CA file, username and password file'
+        ),
+    )
+    parser.add_argument(
         "--benchmark", action="store_true", help="full JIT and a larger heap for the broker (benchmarks)"
     )
     parser.add_argument("--timings", action="store_true", help="print start-up seconds on stderr")
@@ -53,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             emulator_config=args.emulator_config,
             benchmark_jvm=args.benchmark,
             kafka_heap="1g" if args.benchmark else "768m",
+            sasl_ssl=args.sasl_ssl,
         )
     )
     try:

@@ -37,7 +37,14 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:`port` now.
+
+    SO_REUSEADDR as the JVM's (and most servers') listening sockets set it: connections of clients
+    that were connected when the previous run stopped linger in TIME_WAIT on the port for a minute, and
+    without it the port would look taken although the broker could bind it again.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -88,11 +95,23 @@ class ManagedProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Send `sig` to the whole process group (SIGSTOP/SIGCONT pause and resume a JVM with its threads)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once (a crash: nothing is flushed), reap it, close the log."""
+        self.signal_group(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.stop()
+
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM the process group, SIGKILL it after `timeout_s` seconds."""
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, signal.SIGCONT)  # a paused (SIGSTOPped) process handles it too
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 
 from capi_devstack.artifacts import DevStackError, apicurio_home, find_java, kafka_libs
 from capi_devstack.processes import ManagedProcess, free_port, port_is_free, wait_until
+from capi_devstack.security import SaslSslEndpoint, SaslSslListener
 
 KAFKA_START_TIMEOUT_S = 120.0
 REGISTRY_START_TIMEOUT_S = 120.0
@@ -49,6 +51,13 @@ class StackOptions:
     benchmark_jvm: bool = False
     """Full JIT for the broker (benchmarks); functional runs use C1 only, which starts faster."""
     kafka_heap: str = "768m"
+    kafka_proxied_advertised: str | None = None
+    """host:port of a TCP proxy (fault tests): the broker gets a second listener, PROXIED on
+    `DevStack.ports["proxied"]`, advertised as this address, so clients bootstrapped there keep going
+    through the proxy after metadata (clients reconnect to the advertised address, not the bootstrap
+    one). `bootstrap_servers` stays direct."""
+    sasl_ssl: bool = False
+    """Also a SASL_SSL listener (SCRAM-SHA-512 users, throwaway CA): see capi_devstack.security."""
 
 
 @dataclass
@@ -56,13 +65,16 @@ class Endpoints:
     bootstrap_servers: str
     schema_registry_url: str | None = None
     capi_base_url: str | None = None
+    sasl_ssl: SaslSslEndpoint | None = None
 
     def as_json(self) -> str:
-        data = {"bootstrap_servers": self.bootstrap_servers}
+        data: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
         if self.schema_registry_url is not None:
             data["schema_registry_url"] = self.schema_registry_url
         if self.capi_base_url is not None:
             data["capi_base_url"] = self.capi_base_url
+        if self.sasl_ssl is not None:
+            data["sasl_ssl"] = self.sasl_ssl.as_dict()
         return json.dumps(data)
 
 
@@ -73,7 +85,9 @@ class DevStack:
     options: StackOptions = field(default_factory=StackOptions)
     endpoints: Endpoints | None = None
     processes: list[ManagedProcess] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
     startup_seconds: dict[str, float] = field(default_factory=dict)
+    sasl_ssl: SaslSslListener | None = None
     _tmp: str | None = None
 
     def __enter__(self) -> DevStack:
@@ -94,14 +108,17 @@ class DevStack:
     def start(self) -> Endpoints:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            ports = self._ports()
+            ports = self.ports = self._ports()
+            if self.options.sasl_ssl:
+                self.sasl_ssl = SaslSslListener(self.state_dir / "sasl_ssl", ports["sasl_ssl"])
             bootstrap = self._start_kafka(ports["broker"], ports["controller"])
             registry = self._start_registry(ports["registry"]) if self.options.with_registry else None
             capi = self._start_emulator() if self.options.with_emulator else None
         except BaseException:
             self.stop()
             raise
-        self.endpoints = Endpoints(bootstrap, registry, capi)
+        sasl_ssl = self.sasl_ssl.endpoint if self.sasl_ssl is not None else None
+        self.endpoints = Endpoints(bootstrap, registry, capi, sasl_ssl)
         return self.endpoints
 
     def stop(self) -> None:
@@ -117,9 +134,9 @@ class DevStack:
         path = self.state_dir / "ports.json"
         if self.options.state_dir is not None and path.exists():
             saved: dict[str, int] = json.loads(path.read_text())
-            if all(port_is_free(p) for p in saved.values()):
+            if {"sasl_ssl", "proxied"} <= set(saved) and all(port_is_free(p) for p in saved.values()):
                 return saved
-        ports = {"broker": free_port(), "controller": free_port(), "registry": free_port()}
+        ports = {name: free_port() for name in ("broker", "controller", "registry", "sasl_ssl", "proxied")}
         while len(set(ports.values())) < len(ports):
             ports = {name: free_port() for name in ports}
         path.write_text(json.dumps(ports))
@@ -155,6 +172,12 @@ class DevStack:
             "log.cleaner.dedupe.buffer.size": "16777216",
             "auto.create.topics.enable": "true",
         }
+        if self.options.kafka_proxied_advertised is not None:
+            props["listeners"] += f",PROXIED://127.0.0.1:{self.ports['proxied']}"
+            props["advertised.listeners"] += f",PROXIED://{self.options.kafka_proxied_advertised}"
+            props["listener.security.protocol.map"] += ",PROXIED:PLAINTEXT"
+        if self.sasl_ssl is not None:
+            props = self.sasl_ssl.broker_properties(props)
         server_props = kdir / "server.properties"
         server_props.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         log4j = kdir / "log4j2.properties"
@@ -186,6 +209,7 @@ class DevStack:
                 "-c",
                 str(server_props),
                 "--ignore-formatted",
+                *(self.sasl_ssl.format_args() if self.sasl_ssl is not None else []),
             ],
             capture_output=True,
             text=True,
@@ -209,6 +233,8 @@ class DevStack:
 
         if not wait_until(ready, process=proc, timeout_s=KAFKA_START_TIMEOUT_S):
             raise DevStackError(f"Kafka broker did not become ready; log tail:\n{proc.log_tail()}")
+        if self.sasl_ssl is not None and (problem := self.sasl_ssl.wait_ready(KAFKA_START_TIMEOUT_S)):
+            raise DevStackError(f"SASL_SSL listener not usable: {problem}; log tail:\n{proc.log_tail()}")
         self.startup_seconds["kafka"] = time.monotonic() - started
         return bootstrap
 
@@ -280,3 +306,48 @@ class DevStack:
             raise DevStackError(f"CAPI emulator did not start; log tail:\n{proc.log_tail()}") from exc
         self.startup_seconds["capi_emulator"] = time.monotonic() - started
         return url
+
+    # -- faults (tests/chaos): broker and registry stopped and started again on the same data and ports
+    def _find(self, name: str) -> ManagedProcess:
+        for proc in self.processes:
+            if proc.name == name:
+                return proc
+        raise DevStackError(f"{name} is not running")
+
+    def _restart_check(self, name: str) -> None:
+        if any(proc.name == name for proc in self.processes):
+            raise DevStackError(f"{name} is already running")
+
+    def kafka_kill(self) -> None:
+        """SIGKILL the broker (a crash: no controlled shutdown; the log is recovered on the next start)."""
+        proc = self._find("kafka")
+        self.processes.remove(proc)
+        proc.kill()
+
+    def kafka_stop(self) -> None:
+        """Controlled shutdown of the broker (SIGTERM)."""
+        proc = self._find("kafka")
+        self.processes.remove(proc)
+        proc.stop(timeout_s=60)
+
+    def kafka_pause(self) -> None:
+        """SIGSTOP the broker: connections stay open and nothing answers (a long GC pause, a frozen VM)."""
+        self._find("kafka").signal_group(signal.SIGSTOP)
+
+    def kafka_resume(self) -> None:
+        self._find("kafka").signal_group(signal.SIGCONT)
+
+    def kafka_start(self) -> str:
+        """Start the broker again on the same data directory and ports; returns the bootstrap servers."""
+        self._restart_check("kafka")
+        return self._start_kafka(self.ports["broker"], self.ports["controller"])
+
+    def registry_stop(self) -> None:
+        proc = self._find("schema-registry")
+        self.processes.remove(proc)
+        proc.stop()
+
+    def registry_start(self) -> str:
+        """Start the registry again on the same port (with a state dir, on the same schemas too)."""
+        self._restart_check("schema-registry")
+        return self._start_registry(self.ports["registry"])
