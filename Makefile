@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export CAPI_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: venv lint typecheck unit test demo bench clean
+.PHONY: venv lint typecheck unit test demo bench chaos soak clean
 
 # The service (root pyproject.toml) and its developer tooling (tools/: emulator, dev stack, demo), both
 # editable; the service's own wheel holds neither of the tools. The tools go second: re-installing an
@@ -34,6 +34,14 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
+
+# Fault tests (tests/chaos, docs/development.md#fault-tests-make-chaos-make-soak): every scenario, then a
+# table; the CI subset also runs inside `make test`. SCENARIOS=a,b picks some.
+chaos: venv
+	$(BIN)/python -m tests.chaos.run $(if $(SCENARIOS),--scenarios $(SCENARIOS),)
+
+soak: venv
+	$(BIN)/python -m tests.chaos.run --soak --minutes $(or $(MINUTES),10) --rate $(or $(RATE),2000)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -157,3 +157,31 @@ def test_missing_maven_with_empty_cache_gives_one_line_error(tmp_path: Path) -> 
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "mvn not found" in lines[0] and "install Maven" in lines[0]
+
+
+def test_restart_with_clients_connected_keeps_the_ports(tmp_path: Path) -> None:
+    """Connections open when the stack stops are closed by the servers, which leaves the servers' ports in
+    TIME_WAIT; the restarted stack must still take its saved ports (clients reconnect there)."""
+    proc, first = _start(tmp_path)
+    clients: list[socket.socket] = []
+    try:
+        host, port = first["bootstrap_servers"].split(":")
+        registry_port = int(first["schema_registry_url"].split(":")[2].split("/")[0])
+        clients = [socket.create_connection((host, int(port)), timeout=5) for _ in range(3)]
+        clients.append(socket.create_connection((host, registry_port), timeout=5))
+        with urllib.request.urlopen(first["schema_registry_url"] + "/subjects", timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    try:
+        proc, second = _start(tmp_path)
+        try:
+            assert second == first
+            socket.create_connection((host, int(port)), timeout=5).close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+    finally:
+        for client in clients:
+            client.close()

@@ -1,0 +1,1 @@
+"""Fault tests (issue 16): toxiproxy, broker, registry and consumer faults, invariants."""
