@@ -168,6 +168,7 @@ def build_pipeline(
             linger_s=config.batching.linger_ms / 1000,
             clock=time.monotonic,
             tenant_linger_s=config.platform.batch_linger_ms / 1000,
+            tenant_catch_up_linger_s=config.platform.catch_up_linger_ms / 1000,
         ),
         dlq=DeadLetterWriter(
             producer_conf,

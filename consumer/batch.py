@@ -60,14 +60,21 @@ class Batcher:
         linger_s: float,
         clock: Callable[[], float],
         tenant_linger_s: float | None = None,
+        tenant_catch_up_linger_s: float | None = None,
     ) -> None:
-        """`tenant_linger_s`: the linger of tenants' destinations (platform mode), else `linger_s`."""
+        """`tenant_linger_s`: the linger of tenants' destinations (platform mode), else `linger_s`;
+        `tenant_catch_up_linger_s`: theirs while `catching_up` (a backlog), else `tenant_linger_s`."""
         if not 1 <= max_events <= 1000:
             raise ValueError("max_events must be between 1 and 1000 (Meta's limit per request)")
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.linger_s = linger_s
         self.tenant_linger_s = linger_s if tenant_linger_s is None else tenant_linger_s
+        self.tenant_catch_up_linger_s = (
+            self.tenant_linger_s if tenant_catch_up_linger_s is None else tenant_catch_up_linger_s
+        )
+        self.catching_up = False
+        """Set by the loop while it reads a backlog: tenants' batches then wait the catch-up linger."""
         self._clock = clock
         self._fixed: dict[str, Batch] = {}
         self._tenants: dict[str, Batch] = {}
@@ -105,7 +112,8 @@ class Batcher:
         """Batches whose linger time has passed."""
         now = self._clock()
         ready: list[Batch] = []
-        for lane, linger in ((self._fixed, self.linger_s), (self._tenants, self.tenant_linger_s)):
+        tenant_linger = self.tenant_catch_up_linger_s if self.catching_up else self.tenant_linger_s
+        for lane, linger in ((self._fixed, self.linger_s), (self._tenants, tenant_linger)):
             while lane:
                 name, batch = next(iter(lane.items()))
                 if now - batch.opened_at < linger:

@@ -838,6 +838,9 @@ class PlatformConfig(_Model):
     batch_linger_ms: Annotated[int, Field(ge=0)] = 1000
     """How long a tenant's batch waits to fill (most tenants are small: a longer linger than
     `batching.linger_ms` makes fewer, fuller requests; Meta asks for events within the hour)."""
+    catch_up_linger_ms: Annotated[int, Field(ge=0)] = 5000
+    """The same while the consumer reads a backlog (full polls, until polls are small again): the
+    events are late already, and fuller requests make the catch-up faster."""
     probe_initial_backoff_s: PositiveFloat = 30.0
     """A parked tenant's events go out again (as a probe) after this long, doubling while refused."""
     probe_max_backoff_s: PositiveFloat = 1800.0

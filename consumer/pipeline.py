@@ -248,6 +248,7 @@ class Pipeline:
                 records = await p.source.poll(MAX_RECORDS_PER_POLL)
                 if records:
                     self._count_consumed(records)
+                self._pace(len(records))
                 if self._held or self._schemas_missing(records):
                     records = self._hold_for_schemas(records)
                 for origin in records:
@@ -604,6 +605,15 @@ class Pipeline:
         p.dlq.send(origin, failure, requests=requests, dlq_for=p.policy.route(origin), on_done=done)
 
     # -- backpressure, lag
+    def _pace(self, polled: int) -> None:
+        """Catching up (full polls: a backlog) or live (polls well below full): the batcher lets
+        tenants' batches wait longer while catching up, where their events are late already and fuller
+        requests shorten the catch-up (the in-flight limits still bound what waits)."""
+        if polled >= MAX_RECORDS_PER_POLL:
+            self.p.batcher.catching_up = True
+        elif polled < MAX_RECORDS_PER_POLL // 10:
+            self.p.batcher.catching_up = False
+
     def _apply_pauses(self) -> None:
         p = self.p
         events, size = p.ledger.events_in_flight, p.ledger.bytes_in_flight

@@ -85,3 +85,27 @@ def test_tenant_batches_linger_longer_and_each_lane_flushes_in_opening_order() -
     clock.now += 0.1
     assert [b.destination for b in batcher.due()] == ["tenant:b"]
     assert batcher.open_events == 0 and batcher.drain() == []
+
+
+def test_tenant_batches_wait_the_catch_up_linger_while_catching_up() -> None:
+    clock = FakeClock()
+    ledger = OffsetLedger()
+    batcher = Batcher(
+        max_events=1000,
+        max_bytes=10**6,
+        linger_s=0.2,
+        clock=clock,
+        tenant_linger_s=1.0,
+        tenant_catch_up_linger_s=5.0,
+    )
+    batcher.catching_up = True
+    batcher.add("tenant:a", _event(ledger, 0))
+    batcher.add("main", _event(ledger, 1))
+    clock.now += 1.5
+    assert [b.destination for b in batcher.due()] == ["main"]  # fixed destinations keep theirs
+    clock.now += 3.6  # 5.1 s
+    assert [b.destination for b in batcher.due()] == ["tenant:a"]
+    batcher.add("tenant:b", _event(ledger, 2))
+    batcher.catching_up = False  # live again: the usual linger
+    clock.now += 1.1
+    assert [b.destination for b in batcher.due()] == ["tenant:b"]

@@ -432,3 +432,20 @@ def test_records_wait_for_an_unreachable_registry_without_failing_or_committing(
         assert sorted(h.graph.accepted["A"]) == sorted(r["order_id"] for r in records)
 
     run(scenario)
+
+
+def test_full_polls_mark_the_loop_catching_up_until_polls_are_small_again() -> None:
+    async def scenario() -> None:
+        h = Harness.build({"orders": "A"}, max_events=1000)
+        h.produce("orders", orders(2500))
+        batcher = h.pipeline.p.batcher
+        seen: list[bool] = []
+        h.pipeline.p.on_turn = lambda _now: seen.append(batcher.catching_up)
+        h.start()
+        await h.until(lambda: len(h.graph.accepted["A"]) == 2500)
+        await h.turns()
+        assert seen[0] is True  # the first poll was full (1,000 records)
+        assert seen[-1] is False  # nothing left to read
+        await h.stop()
+
+    run(scenario)
