@@ -33,6 +33,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -46,6 +47,8 @@ from consumer.offsets import OffsetLedger, TopicPartitionKey
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
+_REBALANCING = frozenset({KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION})
+FINAL_COMMIT_WAIT_S = 15.0
 _CALLBACK_TIMEOUT_S = 300.0
 """How long a rebalance callback in the poll thread waits for the loop (a safety net: the loop's own
 work, `before_revoke` included, has shorter bounds; librdkafka's max.poll.interval.ms is 300 s)."""
@@ -552,6 +555,26 @@ class KafkaSource(PartitionSource):
             if done is not None:
                 result[(topic, partition)] = max(0, high - done)
         return result
+
+    def commit_final(self) -> int:
+        """As `PartitionSource.commit_final`; a commit the group refuses because it is rebalancing
+        (another member joined or left during the drain: REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION)
+        is retried after taking part in the rebalance, for up to FINAL_COMMIT_WAIT_S: giving up would
+        leave the settled records to the next owner, which sends them again."""
+        deadline = time.monotonic() + FINAL_COMMIT_WAIT_S
+        while True:
+            try:
+                return super().commit_final()
+            except KafkaException as exc:
+                code = exc.args[0].code() if exc.args else None
+                if code not in _REBALANCING or time.monotonic() >= deadline:
+                    raise
+                log.info("final commit waits for the group's rebalance", extra={"error": str(exc)})
+            # Rejoin with the group's new generation; partitions given up meanwhile are committed by
+            # the revocation callback. Nothing is read: the partitions are paused, and whatever comes
+            # is neither tracked nor committed.
+            self._pause(sorted(self.assigned))
+            self._consumer.consume(num_messages=100, timeout=0.5)
 
     def close(self) -> None:
         if self._poller is not None:
