@@ -128,16 +128,16 @@ class Decoder:
 
     def fetch_schema(self, schema_id: int) -> str | None:
         """One registry request (blocking: run it in a thread). Returns the schema text, None when the
-        registry says the ID or its type is wrong (`decode` then fails the record with the reason);
-        raises `RegistryUnavailable` when it cannot be asked."""
+        registry says the ID does not exist (404) or is not Avro (`decode` then fails the record with
+        the reason); raises `RegistryUnavailable` when it cannot be asked or refuses to answer (5xx,
+        401/403 credentials: records must wait for the fix, not be dead-lettered)."""
         assert self._registry is not None
         try:
             schema = self._registry.get_schema(schema_id)
         except SchemaRegistryError as exc:
-            if exc.http_status_code is not None and 400 <= exc.http_status_code < 500:
+            if exc.http_status_code == 404:
                 self._refused[schema_id] = _fail(
-                    UNKNOWN_SCHEMA_ID,
-                    f"schema ID {schema_id}: the registry answered {exc.http_status_code}",
+                    UNKNOWN_SCHEMA_ID, f"schema ID {schema_id} is not in the registry"
                 )
                 return None
             raise RegistryUnavailable(f"{type(exc).__name__}: http {exc.http_status_code}") from exc
@@ -155,13 +155,13 @@ class Decoder:
         return self._registry is not None and any(t not in self._schemaless for t in self._readers)
 
     def ping(self) -> None:
-        """One cheap registry request (blocking); raises `RegistryUnavailable` when it gets no answer."""
+        """One cheap registry request (blocking); raises `RegistryUnavailable` unless it succeeds (a
+        refused credential counts: the registry cannot be used until it is fixed)."""
         assert self._registry is not None
         try:
             self._registry.get_subjects()
         except SchemaRegistryError as exc:
-            if exc.http_status_code is None or exc.http_status_code >= 500:
-                raise RegistryUnavailable(f"{type(exc).__name__}: http {exc.http_status_code}") from exc
+            raise RegistryUnavailable(f"{type(exc).__name__}: http {exc.http_status_code}") from exc
         except Exception as exc:  # connection refused, timeouts, TLS errors
             raise RegistryUnavailable(type(exc).__name__) from exc
 
@@ -187,25 +187,21 @@ class Decoder:
         return resolved
 
     def _fetch(self, schema_id: int) -> str:
-        assert self._registry is not None
-        last: Exception | None = None
+        """`fetch_schema` with a short blocking retry, for callers outside the run loop (which loads
+        schemas ahead, see above)."""
+        last: RegistryUnavailable | None = None
         for attempt in range(REGISTRY_ATTEMPTS):
             try:
-                schema = self._registry.get_schema(schema_id)
-            except SchemaRegistryError as exc:
-                if exc.http_status_code == 404:
-                    raise _fail(UNKNOWN_SCHEMA_ID, f"schema ID {schema_id} is not in the registry") from exc
-                last = exc
-            except Exception as exc:  # connection refused, timeouts, TLS errors
+                text = self.fetch_schema(schema_id)
+            except RegistryUnavailable as exc:
                 last = exc
             else:
-                if schema.schema_type not in (None, "AVRO"):
-                    raise _fail(SCHEMA_RESOLUTION_ERROR, f"schema {schema_id} is {schema.schema_type}")
-                return str(schema.schema_str)
-            # Outside the run loop (which loads schemas ahead, see above) a short blocking retry.
+                if text is None:
+                    raise PipelineError(self._refused[schema_id].failure)
+                return text
             time.sleep(REGISTRY_BACKOFF_S * (2**attempt))
         raise _fail(
             REGISTRY_UNAVAILABLE,
-            f"schema registry unavailable after {REGISTRY_ATTEMPTS} attempts: {type(last).__name__}",
+            f"schema registry unavailable after {REGISTRY_ATTEMPTS} attempts: {last}",
             ErrorClass.TRANSIENT,
         )

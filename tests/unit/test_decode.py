@@ -42,3 +42,36 @@ def test_corrupt_schemaless_bytes_are_an_avro_decode_error() -> None:
     with pytest.raises(PipelineError) as err:
         decoder.decode("orders", b"\xff\xff\xff\xff\xff\xff")
     assert err.value.failure.reason == "avro_decode_error" and str(err.value.failure.stage) == "decode"
+
+
+class _Refusing:
+    """A registry client whose every answer is HTTP `status`."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def get_schema(self, schema_id: int) -> object:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        raise SchemaRegistryError(self.status, 40101, "refused")
+
+    get_subjects = get_schema
+
+
+@pytest.mark.parametrize("status", [401, 403, 500])
+def test_a_registry_refusing_credentials_or_failing_makes_records_wait_not_fail(status: int) -> None:
+    from consumer.decode import RegistryUnavailable
+
+    decoder = Decoder({"t": parse_schema(READER)}, registry=_Refusing(status))  # type: ignore[arg-type]
+    with pytest.raises(RegistryUnavailable):
+        decoder.fetch_schema(7)
+    with pytest.raises(RegistryUnavailable):
+        decoder.ping()
+
+
+def test_a_schema_id_the_registry_does_not_know_fails_its_records() -> None:
+    decoder = Decoder({"t": parse_schema(READER)}, registry=_Refusing(404))  # type: ignore[arg-type]
+    assert decoder.fetch_schema(7) is None
+    with pytest.raises(PipelineError) as failed:
+        decoder.decode("t", b"\0" + (7).to_bytes(4, "big") + b"\x02")
+    assert failed.value.failure.reason == "unknown_schema_id"
