@@ -364,8 +364,14 @@ async def run_until_signalled(
     process started (before these handlers): the service then starts and stops at once, cleanly."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def requested(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("stop requested", extra={"signal": sig.name})
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, requested, sig)
     if early_signals:
         log.info("stop requested while starting", extra={"signal": early_signals[0]})
         stop.set()

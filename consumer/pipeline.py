@@ -729,6 +729,24 @@ class Pipeline:
             log.info("revoked partitions' deliveries finished", extra=extra)
 
     # -- shutdown
+    async def _settle_in_flight(self, deadline: float) -> None:
+        """Wait for the requests in flight until `deadline`, still taking part in the group: every
+        partition is paused, and polling lets a rebalance that starts meanwhile (another member joins
+        or leaves) go through its revocation, which commits what settled, instead of waiting for this
+        member (which would then be evicted, its commits refused, and its settled records sent again
+        by their next owner)."""
+        p = self.p
+        clock = p.clock
+        p.source.apply_pauses(all_topics=True, topics=set())
+        while self._tasks and clock.monotonic() < deadline:
+            # Nothing is read from paused partitions; a record fetched before the pause took effect
+            # is left untracked (not committed): its next owner reads it again.
+            await p.source.poll(MAX_RECORDS_PER_POLL)
+            p.dlq.poll()
+            if p.parking is not None:
+                p.parking.writer.poll()
+            await clock.sleep(REVOKE_POLL_S)
+
     async def _shutdown(self) -> None:
         p = self.p
         clock = p.clock
@@ -738,8 +756,7 @@ class Pipeline:
         if self._fatal is None:
             for batch in p.batcher.drain():
                 self._launch(batch)
-            if self._tasks:
-                await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - clock.monotonic()))
+            await self._settle_in_flight(deadline)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

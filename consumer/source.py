@@ -342,14 +342,18 @@ class PartitionSource(abc.ABC):
         self._pause_topics = set(topics)
 
     def commit_final(self) -> int:
-        offsets = [
+        offsets = self._settled_offsets()
+        if offsets:
+            self._commit(offsets)
+        return len(offsets)
+
+    def _settled_offsets(self) -> list[tuple[TopicPartitionKey, int]]:
+        """Each assigned partition's settled watermark (the offset to commit), where there is one."""
+        return [
             (key, ledger.committable)
             for key in sorted(self.assigned)
             if (ledger := self._ledger.get(key)) is not None and ledger.committable is not None
         ]
-        if offsets:
-            self._commit(offsets)
-        return len(offsets)
 
 
 def _tps(offsets: list[tuple[TopicPartitionKey, int]]) -> list[TopicPartition]:
@@ -377,7 +381,12 @@ class KafkaSource(PartitionSource):
             on_partitions_changed=on_partitions_changed,
         )
         # librdkafka's own log lines go through logging, so they come out as structured JSON too.
-        self._consumer = Consumer(dict(conf), logger=logging.getLogger("librdkafka.consumer"))
+        self._commits: dict[TopicPartitionKey, int] = {}
+        """The highest offset the group confirmed per partition (from commit results)."""
+        self._commit_refused: KafkaError | None = None
+        self._consumer = Consumer(
+            {**conf, "on_commit": self._on_commit}, logger=logging.getLogger("librdkafka.consumer")
+        )
         self._topics = topics
         self._poller: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -557,24 +566,43 @@ class KafkaSource(PartitionSource):
         return result
 
     def commit_final(self) -> int:
-        """As `PartitionSource.commit_final`; a commit the group refuses because it is rebalancing
-        (another member joined or left during the drain: REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION)
-        is retried after taking part in the rebalance, for up to FINAL_COMMIT_WAIT_S: giving up would
-        leave the settled records to the next owner, which sends them again."""
+        """As `PartitionSource.commit_final`, without ever blocking in librdkafka: a commit made while
+        the group rebalances waits for the rebalance, which waits for this member's next poll (a
+        synchronous commit then hangs until the member is evicted, and its settled records go to the
+        next owner, which sends them again). So the commit is asynchronous and the consumer keeps
+        polling (its partitions paused) until the result arrives; a commit the group refuses
+        (REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION) is made again after the rebalance; all within
+        FINAL_COMMIT_WAIT_S. Partitions revoked meanwhile are committed by the revocation."""
         deadline = time.monotonic() + FINAL_COMMIT_WAIT_S
-        while True:
-            try:
-                return super().commit_final()
-            except KafkaException as exc:
-                code = exc.args[0].code() if exc.args else None
-                if code not in _REBALANCING or time.monotonic() >= deadline:
-                    raise
-                log.info("final commit waits for the group's rebalance", extra={"error": str(exc)})
-            # Rejoin with the group's new generation; partitions given up meanwhile are committed by
-            # the revocation callback. Nothing is read: the partitions are paused, and whatever comes
-            # is neither tracked nor committed.
-            self._pause(sorted(self.assigned))
-            self._consumer.consume(num_messages=100, timeout=0.5)
+        self._pause(sorted(self.assigned))
+        wanted = self._settled_offsets()
+        while wanted:
+            self._commit_refused = None
+            self._commits.clear()
+            self._consumer.commit(offsets=_tps(wanted), asynchronous=True)
+            while self._commit_refused is None and time.monotonic() < deadline:
+                # Serves rebalance callbacks and the commit's result; nothing is read (paused).
+                self._consumer.consume(num_messages=100, timeout=0.2)
+                if all(self._commits.get(k, -1) >= o for k, o in wanted if k in self.assigned):
+                    return len(wanted)
+            refused = self._commit_refused
+            if refused is None or refused.code() not in _REBALANCING or time.monotonic() >= deadline:
+                raise KafkaException(refused or KafkaError(KafkaError._TIMED_OUT, "final commit unconfirmed"))
+            log.info("final commit waits for the group's rebalance", extra={"error": refused.str()})
+            wanted = self._settled_offsets()  # without the partitions the rebalance took (committed then)
+        return 0
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Results of commits (the background auto-commit's too), from inside consume()."""
+        if error is not None:
+            self._commit_refused = error
+            return
+        for tp in partitions:
+            if tp.error is not None:
+                self._commit_refused = tp.error
+            elif tp.offset >= 0:
+                key = (tp.topic, tp.partition)
+                self._commits[key] = max(self._commits.get(key, -1), tp.offset)
 
     def close(self) -> None:
         if self._poller is not None:
