@@ -48,8 +48,20 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _REBALANCING = frozenset({KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION})
-FINAL_COMMIT_WAIT_S = 15.0
 _CALLBACK_TIMEOUT_S = 300.0
+"""How long a rebalance callback in the poll thread waits for the loop (a safety net: the loop's own
+work, `before_revoke` included, has shorter bounds; librdkafka's max.poll.interval.ms is 300 s)."""
+DEFAULT_SESSION_TIMEOUT_MS = 45_000
+GROUP_WAIT_MARGIN_S = 5.0
+
+
+def group_wait_s(conf: Mapping[str, Any]) -> float:
+    """How long a leaving member waits for the group (its final commit, a join in progress): a
+    rebalance lasts until every member has rejoined, at worst until a departed member's session
+    times out, so the session timeout plus a margin."""
+    return int(conf.get("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)) / 1000 + GROUP_WAIT_MARGIN_S
+
+
 """How long a rebalance callback in the poll thread waits for the loop (a safety net: the loop's own
 work, `before_revoke` included, has shorter bounds; librdkafka's max.poll.interval.ms is 300 s)."""
 
@@ -394,8 +406,13 @@ class KafkaSource(PartitionSource):
         self._waiting: concurrent.futures.Future[Any] | None = None
         self._deferring = False
         self._deferred: list[Callable[[], None]] = []
+        self._group_wait_s = group_wait_s(conf)
+        self._subscribed = False
+        self._joined = False
+        """Whether the group gave this member an assignment (empty or not) since `subscribe`."""
 
     def subscribe(self) -> None:
+        self._subscribed = True
         self._consumer.subscribe(
             self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -403,6 +420,7 @@ class KafkaSource(PartitionSource):
     # rebalance callbacks (run inside consume(): in the poll thread, or in the loop's thread when
     # `consume` or `close` is called directly)
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._joined = True
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self._on_loop(self._as_coroutine(self._assigned, keys), lambda: self._assigned(keys))
 
@@ -566,14 +584,15 @@ class KafkaSource(PartitionSource):
         return result
 
     def commit_final(self) -> int:
-        """As `PartitionSource.commit_final`, without ever blocking in librdkafka: a commit made while
-        the group rebalances waits for the rebalance, which waits for this member's next poll (a
-        synchronous commit then hangs until the member is evicted, and its settled records go to the
-        next owner, which sends them again). So the commit is asynchronous and the consumer keeps
-        polling (its partitions paused) until the result arrives; a commit the group refuses
-        (REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION) is made again after the rebalance; all within
-        FINAL_COMMIT_WAIT_S. Partitions revoked meanwhile are committed by the revocation."""
-        deadline = time.monotonic() + FINAL_COMMIT_WAIT_S
+        """As `PartitionSource.commit_final`, while still taking part in the group. The broker answers
+        a member's requests in order, and holds its JoinGroup until the rebalance completes (until
+        every member has rejoined, or a departed one's session timed out): a commit sent meanwhile
+        is answered only then, and refused (ILLEGAL_GENERATION) because the generation moved on. So
+        the commit is asynchronous, the consumer keeps polling (partitions paused: nothing is read)
+        so that rebalance callbacks run, and a refused commit is made again with the new generation;
+        all within `group_wait_s`. Partitions revoked meanwhile are committed by the revocation.
+        Giving up early leaves the settled records to the next owner, which sends them again."""
+        deadline = time.monotonic() + self._group_wait_s
         self._pause(sorted(self.assigned))
         wanted = self._settled_offsets()
         while wanted:
@@ -605,11 +624,23 @@ class KafkaSource(PartitionSource):
                 self._commits[key] = max(self._commits.get(key, -1), tp.offset)
 
     def close(self) -> None:
+        """Leave the group. A member whose join is still in progress first lets it finish (up to
+        `group_wait_s`): the broker answers a connection's requests in order and holds the JoinGroup
+        until the rebalance completes, so a LeaveGroup sent meanwhile times out, and the group then
+        waits for this departed member until its session times out (45 s by default) before any
+        member gets partitions."""
         if self._poller is not None:
             waiting = self._waiting
             if waiting is not None:
                 waiting.cancel()  # a callback waiting for this (now busy) thread would wait in vain
             self._poller.shutdown(wait=True)
+        if self._subscribed and not self._joined:
+            wait = self._group_wait_s
+            log.info("leaving the group waits for the join in progress", extra={"max_seconds": wait})
+            deadline = time.monotonic() + wait
+            self._pause_all = True  # what the join assigns starts paused: nothing is read
+            while not self._joined and time.monotonic() < deadline:
+                self._consumer.consume(num_messages=100, timeout=0.2)
         self._consumer.close()
 
 

@@ -25,8 +25,8 @@ from tests.chaos.scenarios import BY_NAME, SCENARIOS, Scenario, soak
 
 def table(results: list[Result]) -> str:
     head = (
-        "| scenario | events | lost | duplicates | dead-lettered | time to recover | elapsed "
-        "| RSS start/peak/end MB | ok |"
+        "| scenario | events | lost | duplicates (resent after a timeout) | dead-lettered | time to recover "
+        "| elapsed | RSS start/peak/end MB | ok |"
     )
     rows = [head, "|" + "---|" * 9]
     for r in results:
@@ -35,7 +35,8 @@ def table(results: list[Result]) -> str:
             f"{v:.0f}" if v is not None else "-" for v in (r.rss_start_mb, r.rss_peak_mb, r.rss_end_mb)
         )
         rows.append(
-            f"| {r.scenario} | {r.events} | {r.lost} | {r.duplicates} | {r.dead_lettered} | {recover} "
+            f"| {r.scenario} | {r.events} | {r.lost} | {r.duplicates} ({r.resent_after_timeout}) "
+            f"| {r.dead_lettered} | {recover} "
             f"| {r.elapsed_s:.0f} s | {rss} | {'yes' if r.ok else 'NO'} |"
         )
     return "\n".join(rows)
