@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import time
@@ -13,7 +12,7 @@ from typing import Any
 from confluent_kafka import Consumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from consumer import health
+from consumer import health, memory
 from consumer.batch import Batcher
 from consumer.check import check_destination
 from consumer.config import DLQ_SUFFIX, TENANT_PREFIX, AppConfig
@@ -304,6 +303,9 @@ class Service:
                 consumer_factory=self._monitor_consumer,
             )
             monitor = asyncio.create_task(dlq_monitor.run(stop))
+        trimmer = asyncio.create_task(
+            memory.trim_periodically(stop, busy=lambda: pipeline.p.batcher.catching_up)
+        )
         try:
             if self.tenants is not None:
                 sources = self.config.platform.tenants
@@ -325,9 +327,10 @@ class Service:
             )
             code = 1
         finally:
+            trimmer.cancel()
             if monitor is not None:
                 monitor.cancel()
-                await asyncio.gather(monitor, return_exceptions=True)
+            await asyncio.gather(trimmer, *([monitor] if monitor is not None else []), return_exceptions=True)
             if runner is not None:
                 await runner.cleanup()
             for check in list(self._checks):
@@ -337,24 +340,6 @@ class Service:
                 self.tenants.close()
         log.info("stopped", extra={"exit_code": code, "consumed": pipeline.stats.consumed})
         return code
-
-
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def tune_gc() -> None:
-    """Garbage-collector settings for a long-running consumer, called once start-up is done.
-
-    Every record allocates a few dozen container objects that die young; the default threshold of
-    700 allocations runs a young collection every few records and a full one (which walks the
-    normalization cache and everything in flight) every few thousand. The pipeline makes no reference
-    cycles per record, so rarer young collections cost no memory; freezing moves the start-up objects
-    (modules, schemas, the country index) out of every later collection. See docs/performance.md,
-    "Optimisations".
-    """
-    gc.freeze()
-    _young, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 async def run_until_signalled(

@@ -10,11 +10,13 @@ import sys
 
 from consumer import logs
 from consumer.config import ConfigError, load_config
+from consumer.memory import limit_malloc_arenas, tune_gc
 
 
 def main(args: argparse.Namespace) -> int:
+    limit_malloc_arenas()  # before the Kafka clients start their threads
     logs.setup(os.environ.get("CAPI_LOG_LEVEL", "WARNING"))
-    from consumer.app import Service, build_decoder, tune_gc
+    from consumer.app import Service, build_decoder
     from consumer.mapping import Mapper
     from consumer.replay import (
         ReplayFilter,
