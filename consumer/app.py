@@ -15,6 +15,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from consumer import health, memory
 from consumer.batch import Batcher
 from consumer.check import check_destination
+from consumer.concurrency import ConcurrencySettings
 from consumer.config import DLQ_SUFFIX, TENANT_PREFIX, AppConfig
 from consumer.decode import Decoder, parse_schema
 from consumer.deliver import Deliverer, Destination, GraphClient, RetryPolicy
@@ -94,6 +95,22 @@ def build_client(config: AppConfig) -> GraphClient:
         api_version=config.capi.api_version,
         timeout_s=config.capi.timeout_s,
         max_requests_in_flight=config.capi.max_requests_in_flight,
+    )
+
+
+def concurrency_settings(config: AppConfig) -> ConcurrencySettings:
+    """Requests in flight: `capi.max_requests_in_flight` in all, `capi.concurrency` per destination."""
+    capi = config.capi
+    low, initial, high = capi.concurrency_bounds
+    return ConcurrencySettings(
+        max_in_flight=capi.max_requests_in_flight,
+        min_limit=low,
+        max_limit=high,
+        initial_limit=initial,
+        adaptive=capi.concurrency.adaptive,
+        latency_tolerance=capi.concurrency.latency_tolerance,
+        latency_spike_floor_s=capi.concurrency.latency_spike_floor_s,
+        decrease_factor=capi.concurrency.decrease_factor,
     )
 
 
@@ -185,6 +202,7 @@ def build_pipeline(
                 destination_cap_s=config.capi.parked_retry_max_backoff_s,
                 parked_dead_letter_after_s=config.dlq.parked_dead_letter_after_s,
             ),
+            concurrency=concurrency_settings(config),
         ),
         router=router,
         destination_topics={

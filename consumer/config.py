@@ -726,18 +726,67 @@ class DestinationConfig(_Model):
         return problems
 
 
+DEFAULT_INITIAL_CONCURRENCY = 8
+
+
+class ConcurrencyConfig(_Model):
+    """Requests in flight per destination, adapted to Meta's latency and throttling (AIMD:
+    consumer.concurrency). `capi.max_requests_in_flight` caps them all together."""
+
+    adaptive: bool = True
+    """False: each destination may have `max` requests in flight, fixed."""
+    min: Annotated[int, Field(ge=1)] = 1
+    max: Annotated[int, Field(ge=1)] | None = None
+    """Per destination; None: `capi.max_requests_in_flight`."""
+    initial: Annotated[int, Field(ge=1)] | None = None
+    """Where a destination starts; None: 8, or `max` when that is lower."""
+    latency_tolerance: Annotated[float, Field(gt=1)] = 2.0
+    """A window of answers whose median latency exceeds this multiple of the baseline is a spike..."""
+    latency_spike_floor_s: Annotated[float, Field(ge=0)] = 0.5
+    """... if that average also exceeds this (faster answers are always normal)."""
+    decrease_factor: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    """The limit is multiplied by this on throttling, timeouts and latency spikes."""
+
+
 class CapiConfig(_Model):
     """The Graph API endpoint and HTTP client behaviour."""
 
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")] = "https://graph.facebook.com"
     api_version: Annotated[str, Field(pattern=r"^v[0-9]+\.[0-9]+$")] = "v26.0"
     timeout_s: PositiveFloat = 5.0
-    max_requests_in_flight: Annotated[int, Field(ge=1)] = 8
+    max_requests_in_flight: Annotated[int, Field(ge=1)] = 64
+    """Requests in flight over all destinations (and the HTTP connection pool's size)."""
+    concurrency: ConcurrencyConfig = Field(default_factory=ConcurrencyConfig)
     retry_initial_backoff_s: PositiveFloat = 0.5
     retry_max_backoff_s: PositiveFloat = 60.0
     parked_retry_initial_backoff_s: PositiveFloat = 5.0
     """First wait before probing a parked destination again (bad token, permissions, unknown pixel)."""
     parked_retry_max_backoff_s: PositiveFloat = 300.0
+
+    @model_validator(mode="after")
+    def _concurrency_bounds(self) -> Self:
+        c = self.concurrency
+        cap = self.max_requests_in_flight
+        problems: list[tuple[str, str]] = []
+        if c.max is not None and c.max > cap:
+            problems.append(("concurrency.max", f"{c.max} is above capi.max_requests_in_flight ({cap})"))
+        top = min(c.max or cap, cap)
+        if c.min > top:
+            problems.append(("concurrency.min", f"{c.min} is above the per-destination maximum ({top})"))
+        if c.initial is not None and not c.min <= c.initial <= top:
+            reason = f"{c.initial} is not between min ({c.min}) and max ({top})"
+            problems.append(("concurrency.initial", reason))
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    @property
+    def concurrency_bounds(self) -> tuple[int, int, int]:
+        """(min, initial, max) requests in flight per destination, defaults resolved."""
+        c = self.concurrency
+        top = c.max or self.max_requests_in_flight
+        initial = c.initial if c.initial is not None else max(c.min, min(DEFAULT_INITIAL_CONCURRENCY, top))
+        return c.min, initial, top
 
 
 class BatchingConfig(_Model):

@@ -1,7 +1,9 @@
 """Deliver stage: POST batches to the Graph API `/{version}/{pixel_id}/events`, retry, bisect.
 
-- One aiohttp session with keep-alive; `FairSlots` bounds requests in flight and shares them out in
-  turn between destinations (tenants), so a noisy or slow client cannot starve the others.
+- One aiohttp session with keep-alive. The deliverer's `AdaptiveSlots` (consumer.concurrency) bound
+  requests in flight: per destination by a limit that adapts to Meta's latency and throttling (AIMD),
+  in all by `capi.max_requests_in_flight`, shared out in turn between destinations (tenants) so that
+  a noisy or slow client cannot starve the others.
 - The access token travels in an `Authorization: Bearer` header, never in a URL or a log line.
 - Transient errors (network, 5xx, HTML bodies, throttling, `is_transient`) are retried with capped
   exponential backoff and full jitter, waiting at least what `Retry-After` or
@@ -22,8 +24,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,6 +35,7 @@ from yarl import URL  # aiohttp's own URL type (installed with it)
 
 from consumer.batch import PendingEvent
 from consumer.clock import SYSTEM_CLOCK, Clock
+from consumer.concurrency import AdaptiveSlots, ConcurrencySettings, Signal
 from consumer.errors import (
     DESTINATION_UNAVAILABLE,
     EVENT_EXPIRED,
@@ -109,56 +112,6 @@ def expires_at(event: PendingEvent) -> float:
     return event.event_time + window
 
 
-class FairSlots:
-    """At most `limit` requests in flight, handed out in turn across destinations: when requests
-    queue, each destination with a waiting request gets the next free slot in round-robin order, so
-    a client with many batches (or a slow one) cannot starve the others of request slots."""
-
-    def __init__(self, limit: int) -> None:
-        self._free = limit
-        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
-
-    @contextlib.asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[None]:
-        if self._free > 0 and not self._waiting:
-            self._free -= 1
-        else:
-            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting.setdefault(key, deque()).append(granted)
-            try:
-                await granted
-            except asyncio.CancelledError:
-                if granted.done() and not granted.cancelled():
-                    self._release()  # granted as we were cancelled: pass it on
-                else:
-                    queue = self._waiting.get(key)
-                    if queue is not None and granted in queue:
-                        queue.remove(granted)
-                        if not queue:
-                            del self._waiting[key]
-                raise
-        try:
-            yield
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        while self._waiting:
-            key = next(iter(self._waiting))
-            queue = self._waiting.pop(key)
-            granted = queue.popleft()
-            if queue:
-                self._waiting[key] = queue  # back of the line: the others go first
-            if not granted.done():
-                granted.set_result(None)
-                return
-        self._free += 1
-
-    @property
-    def queued(self) -> int:
-        return sum(len(q) for q in self._waiting.values())
-
-
 class GraphClient:
     """Thin async client for the events edge."""
 
@@ -175,7 +128,7 @@ class GraphClient:
         self._version = api_version
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._limit = max_requests_in_flight
-        self._slots = FairSlots(max_requests_in_flight)
+        """The connection pool's size: the deliverer's slots keep requests within it."""
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
@@ -223,18 +176,17 @@ class GraphClient:
             "Content-Type": "application/json",
             "User-Agent": self._user_agent,
         }
-        async with self._slots.slot(destination.name):
-            try:
-                async with self._session.post(
-                    self._parsed_url(destination.pixel_id), data=data, headers=headers
-                ) as r:
-                    raw = await r.read()
-                    status = r.status
-                    resp_headers = r.headers
-            except TimeoutError:
-                return transport_error("request timed out")
-            except aiohttp.ClientError as exc:
-                return transport_error(f"{type(exc).__name__}")
+        try:
+            async with self._session.post(
+                self._parsed_url(destination.pixel_id), data=data, headers=headers
+            ) as r:
+                raw = await r.read()
+                status = r.status
+                resp_headers = r.headers
+        except TimeoutError:
+            return transport_error("request timed out", timed_out=True)
+        except aiohttp.ClientError as exc:
+            return transport_error(f"{type(exc).__name__}")
         try:
             payload = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
@@ -246,6 +198,16 @@ class GraphClient:
             return Accepted(int(payload["events_received"]), str(fbtrace) if fbtrace else None)
         # HTML 502 pages, empty bodies, unexpected shapes: Graph's edge is having trouble.
         return transport_error(f"unexpected response (http {status})", http_status=status)
+
+
+def load_signal(result: Accepted | GraphError) -> Signal:
+    """What an answer says about Meta's load, for the destination's concurrency limit."""
+    if isinstance(result, GraphError):
+        if result.overload:
+            return Signal.OVERLOAD
+        if result.code is None:
+            return Signal.NEUTRAL  # no Graph answer (a reset connection, an HTML error page)
+    return Signal.NORMAL
 
 
 Outcome = tuple[PendingEvent, Failure | None]
@@ -306,6 +268,7 @@ class Deliverer:
         policy: RetryPolicy | None = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        concurrency: ConcurrencySettings | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
@@ -313,6 +276,13 @@ class Deliverer:
         self._clock = clock
         self._rng = rng or random.Random()
         self.state = DeliveryState()
+        self.slots = AdaptiveSlots(
+            concurrency,
+            monotonic=clock.monotonic,
+            on_limit=self._export_limit,
+            on_in_flight=metrics.requests_in_flight.set,
+        )
+        """Requests in flight: per destination (adaptive) and in all."""
 
     async def deliver(self, destination: Destination, events: list[PendingEvent]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -331,10 +301,13 @@ class Deliverer:
                 return
             for event in events:
                 event.attempts += 1
-            self._sending(destination, events)
-            started = clock.monotonic()
-            result = await self._client.post(destination, events)
-            self._answered(destination, result, clock.monotonic() - started)
+            async with self.slots.slot(destination.name, destination.pixel_label) as slot:
+                self._sending(destination, events)
+                started = clock.monotonic()
+                result = await self._client.post(destination, events)
+                elapsed = clock.monotonic() - started
+                slot.answered(elapsed, load_signal(result))
+            self._answered(destination, result, elapsed)
             if isinstance(result, Accepted):
                 outcomes.extend((e, None) for e in events)
                 return
@@ -374,6 +347,14 @@ class Deliverer:
                 self.state.leave(destination.name, result)
                 self._metrics.destinations_parked.set(len(self.state.parked))
             attempt += 1
+
+    def _export_limit(self, label: str, limit: int | None) -> None:
+        gauge = self._metrics.concurrency_limit
+        if limit is None:
+            with contextlib.suppress(KeyError):
+                gauge.remove(label)
+        else:
+            gauge.labels(label).set(limit)
 
     # -- metrics and logs of one request
     def _sending(self, destination: Destination, events: Sequence[PendingEvent]) -> None:

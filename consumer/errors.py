@@ -125,6 +125,8 @@ class PipelineError(Exception):
 
 # Throttling: retry after the time the usage headers announce.
 THROTTLE_CODES = frozenset({4, 17, 32, 341, 613, 80001, 80004, 80005})
+# HTTP statuses that say "too much at once" whatever the body (Too Many Requests, Service Unavailable).
+OVERLOAD_HTTP_STATUSES = frozenset({429, 503})
 # Graph says "retry later" for these without is_transient always being set.
 TRANSIENT_CODES = frozenset({1, 2, 368}) | THROTTLE_CODES
 # The token, its permissions, the pixel or the API version is wrong: nothing in the batch can succeed.
@@ -145,6 +147,14 @@ class GraphError:
     retry_after_s: float | None
     summary: str
     """Short, PII-free description for logs and DLQ headers (never Meta's localized message)."""
+    timed_out: bool = False
+    """No answer within `capi.timeout_s`."""
+
+    @property
+    def overload(self) -> bool:
+        """Meta throttles, says it is overloaded, or did not answer in time: besides retrying later,
+        send fewer requests at once (consumer.concurrency halves the destination's limit)."""
+        return self.timed_out or self.code in THROTTLE_CODES or self.http_status in OVERLOAD_HTTP_STATUSES
 
     def failure(self, reason: str = GRAPH_REJECTED_EVENT) -> Failure:
         return Failure(
@@ -186,9 +196,9 @@ def classify_graph_error(
     )
 
 
-def transport_error(summary: str, *, http_status: int | None = None) -> GraphError:
+def transport_error(summary: str, *, http_status: int | None = None, timed_out: bool = False) -> GraphError:
     """HTML or empty bodies, timeouts and connection resets: always transient."""
-    return GraphError(ErrorClass.TRANSIENT, None, None, True, None, http_status, None, summary)
+    return GraphError(ErrorClass.TRANSIENT, None, None, True, None, http_status, None, summary, timed_out)
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

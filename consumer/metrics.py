@@ -90,6 +90,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.concurrency_limit = Gauge(
+            "capi_request_concurrency_limit",
+            "Requests a destination may have in flight now (adaptive; for a label several destinations "
+            "share, such as tenants, the lowest of their limits)",
+            ["pixel"],
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "capi_requests_in_flight", "Graph API requests in flight, all destinations", registry=r
+        )
         self.batch_size = Histogram(
             "capi_batch_size_events", "Events per Graph API request", buckets=BATCH_BUCKETS, registry=r
         )

@@ -74,6 +74,7 @@ def test_dashboard_has_the_operator_panels() -> None:
     assert panel_with("capi_match_key_events_total", "capi_events_accepted_total")  # coverage ratio
     assert panel_with("capi_in_flight_events")
     assert panel_with("capi_destinations_parked")
+    assert panel_with("capi_request_concurrency_limit", "capi_requests_in_flight")
     exprs = "\n".join(_exprs())
     assert "histogram_quantile(0.99" in exprs and "histogram_quantile(0.5" in exprs
 

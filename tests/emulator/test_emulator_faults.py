@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from capi_emulator import EmulatorConfig, FaultSpec
+from capi_emulator.faults import FaultRegistry, fault_error
 from tests.emulator.emulator_helpers import OTHER_PIXEL, Client, error_of, make_event
 
 
@@ -45,6 +46,42 @@ def test_throttling_carries_business_use_case_usage(client: Client, code: int, s
     assert entries[0]["call_count"] == 100
     assert json.loads(resp.headers["X-App-Usage"])["call_count"] == 100
     assert client.send([make_event()]).status_code == 200
+
+
+def test_rate_limit_refuses_what_exceeds_the_rate_of_each_pixel(client: Client) -> None:
+    client.fault(kind="rate_limit", rate_per_s=1, burst=2, code=613, estimated_time_to_regain_access=0)
+    answers = [client.send([make_event()]).status_code for _ in range(4)]
+    assert answers == [200, 200, 400, 400]  # the burst, then over the rate
+    refused = client.send([make_event()])
+    err = error_of(refused)
+    assert (err["code"], err["error_subcode"], err["is_transient"]) == (613, 1487742, True)
+    (entries,) = json.loads(refused.headers["X-Business-Use-Case-Usage"]).values()
+    assert entries[0]["estimated_time_to_regain_access"] == 0
+    assert client.send([make_event()], pixel=OTHER_PIXEL).status_code == 200  # a bucket per pixel
+    time.sleep(1.1)  # one request's worth refilled
+    assert [client.send([make_event()]).status_code for _ in range(2)] == [200, 400]
+    assert client.get("stats")["by_error"] == {"613/1487742": 4}
+
+
+def test_rate_limit_refuses_more_the_more_a_client_sends_at_once() -> None:
+    """A token bucket: what gets through is the rate, however many requests are tried."""
+    now = [0.0]
+    registry = FaultRegistry(monotonic=lambda: now[0])
+    refused: dict[int, int] = {}
+    for per_tick in (1, 2, 4):  # requests every 50 ms: 20, 40 and 80 a second
+        registry.clear()
+        registry.add(FaultSpec(kind="rate_limit", rate_per_s=10, burst=10))
+        refused[per_tick] = 0
+        for _ in range(200):
+            now[0] += 0.05
+            for _ in range(per_tick):
+                spec = registry.response_fault("1")
+                refused[per_tick] += spec is not None
+                assert spec is None or fault_error(spec, "1").code == 80004
+    # 10 a second (plus the burst) get through over the 10 s, whatever was tried: of 20/s, 40/s
+    # and 80/s, 45 %, 73 % and 86 % are refused.
+    assert all(abs(200 * k - refused[k] - 110) <= 1 for k in (1, 2, 4)), refused
+    assert refused[1] < refused[2] < refused[4]
 
 
 def test_custom_error_fault(client: Client) -> None:
@@ -182,6 +219,8 @@ def test_several_faults_in_one_post(client: Client) -> None:
         {"kind": "explode"},
         {"kind": "transient", "code": 17},
         {"kind": "throttle", "code": 1},
+        {"kind": "rate_limit"},
+        {"kind": "rate_limit", "rate_per_s": 5, "code": 2},
         {"kind": "reject_event_ids"},
         {"kind": "latency", "latency_ms": 100, "latency_ms_max": 10},
         {"kind": "transient", "count": 0},

@@ -71,6 +71,17 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.topics["orders"].effective_send_event_types() == ("placed",)
 
 
+def test_request_concurrency_bounds(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE), ENV)
+    assert config.capi.max_requests_in_flight == 64 and config.capi.concurrency.adaptive is True
+    assert config.capi.concurrency_bounds == (1, 8, 64)  # (min, initial, max) per destination
+    # A configuration written for the fixed limit keeps working: it is the cap, and the start.
+    old = load_config(write(tmp_path, config_with(capi={"max_requests_in_flight": 2})), ENV)
+    assert old.capi.concurrency_bounds == (1, 2, 2)
+    tuned = {"max_requests_in_flight": 100, "concurrency": {"min": 2, "max": 40, "initial": 4}}
+    assert load_config(write(tmp_path, config_with(capi=tuned)), ENV).capi.concurrency_bounds == (2, 4, 40)
+
+
 def test_unquoted_pixel_id_is_read_as_text(tmp_path: Path) -> None:
     data = config_with(destinations={"main": {"pixel_id": 1234567890, "access_token_env": "CAPI_TOKEN_MAIN"}})
     assert load_config(write(tmp_path, data), ENV).destinations["main"].pixel_id == "1234567890"
@@ -142,6 +153,13 @@ def test_every_problem_is_listed_at_once_without_pydantic_urls(tmp_path: Path) -
         ),
         ({"kafka": {"bootstrap_servers": "b", "group_protocol": "range"}}, "kafka.group_protocol: "),
         ({"limits": {"max_in_flight_events": 10}}, "limits.max_in_flight_events: must be at least"),
+        ({"capi": {"max_requests_in_flight": 0}}, "capi.max_requests_in_flight: "),
+        ({"capi": {"concurrency": {"max": 100}}}, "capi.concurrency.max: 100 is above capi.max_requests"),
+        ({"capi": {"concurrency": {"min": 10, "max": 4}}}, "capi.concurrency.min: 10 is above"),
+        ({"capi": {"concurrency": {"initial": 80}}}, "capi.concurrency.initial: 80 is not between"),
+        ({"capi": {"concurrency": {"decrease_factor": 1}}}, "capi.concurrency.decrease_factor: "),
+        ({"capi": {"concurrency": {"latency_tolerance": 0.5}}}, "capi.concurrency.latency_tolerance: "),
+        ({"capi": {"concurrency": {"limit": 3}}}, "capi.concurrency.limit: unknown key"),
     ],
 )
 def test_invalid_values_name_their_key(tmp_path: Path, section: dict[str, Any], expected: str) -> None:

@@ -20,6 +20,7 @@ DAY_S = 86_400
 FaultKind = Literal[
     "transient",
     "throttle",
+    "rate_limit",
     "error",
     "token_expired",
     "html_502",
@@ -87,7 +88,10 @@ class FaultSpec(_Model):
     message: str | None = None
     is_transient: bool | None = None
     error_type: str | None = None
-    # throttle: minutes until the quota is back, carried in X-Business-Use-Case-Usage
+    # rate_limit: a token bucket per pixel, `rate_per_s` requests a second, at most `burst` at once
+    rate_per_s: float | None = Field(default=None, gt=0)
+    burst: float | None = Field(default=None, ge=1, description="default: max(1, rate_per_s)")
+    # throttle, rate_limit: minutes until the quota is back, carried in X-Business-Use-Case-Usage
     estimated_time_to_regain_access: float = Field(
         default=1, ge=0, description="minutes; Meta sends whole minutes, a fraction is a test knob"
     )
@@ -103,8 +107,11 @@ class FaultSpec(_Model):
     def _kind_fields(self) -> FaultSpec:
         if self.kind == "transient" and self.code is not None and self.code not in (1, 2):
             raise ValueError("transient faults use code 1 or 2")
-        if self.kind == "throttle" and self.code is not None and self.code not in (4, 17, 32, 613, 80004):
-            raise ValueError("throttle faults use code 4, 17, 32, 613 or 80004")
+        throttles = ("throttle", "rate_limit")
+        if self.kind in throttles and self.code is not None and self.code not in (4, 17, 32, 613, 80004):
+            raise ValueError(f"{self.kind} faults use code 4, 17, 32, 613 or 80004")
+        if self.kind == "rate_limit" and self.rate_per_s is None:
+            raise ValueError("rate_limit needs rate_per_s")
         if self.kind == "error" and self.code is None:
             raise ValueError("error faults need a code")
         if self.kind == "reject_event_ids" and not self.event_ids:

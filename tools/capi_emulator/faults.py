@@ -6,7 +6,7 @@ import itertools
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -17,7 +17,16 @@ from capi_emulator.errors import ApiError, json_path
 
 # Kinds that replace the normal answer; the others (latency, reject_event_ids) modify it.
 RESPONSE_KINDS = frozenset(
-    {"transient", "throttle", "error", "token_expired", "html_502", "drop_connection", "no_response"}
+    {
+        "transient",
+        "throttle",
+        "rate_limit",
+        "error",
+        "token_expired",
+        "html_502",
+        "drop_connection",
+        "no_response",
+    }
 )
 
 HTML_502_BODY = (
@@ -35,6 +44,8 @@ class ActiveFault:
     created_at: float
     remaining: int | None
     fired: int = 0
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """rate_limit: pixel -> (requests it may still make now, when that was computed)."""
 
     def expired(self, mono_now: float) -> bool:
         if self.remaining is not None and self.remaining <= 0:
@@ -43,6 +54,20 @@ class ActiveFault:
 
     def applies_to(self, pixel_id: str | None) -> bool:
         return self.spec.pixel is None or self.spec.pixel == pixel_id
+
+    def over_rate(self, pixel_id: str | None, mono_now: float) -> bool:
+        """rate_limit: take one request from the pixel's bucket; True when it is empty (refuse it).
+        Refused requests take nothing, so a client that slows down gets through again."""
+        rate = self.spec.rate_per_s or 1.0
+        burst = self.spec.burst or max(1.0, rate)
+        key = pixel_id or ""
+        tokens, since = self.buckets.get(key, (burst, mono_now))
+        tokens = min(burst, tokens + (mono_now - since) * rate)
+        if tokens >= 1.0:
+            self.buckets[key] = (tokens - 1.0, mono_now)
+            return False
+        self.buckets[key] = (tokens, mono_now)
+        return True
 
     def consume(self) -> None:
         self.fired += 1
@@ -115,7 +140,11 @@ class FaultRegistry:
             return None
         now = self._monotonic()
         for fault in self._faults:
-            if fault.spec.kind in RESPONSE_KINDS and self._hits(fault, pixel_id, now):
+            if fault.spec.kind == "rate_limit":
+                hit = not fault.expired(now) and fault.applies_to(pixel_id) and fault.over_rate(pixel_id, now)
+            else:
+                hit = fault.spec.kind in RESPONSE_KINDS and self._hits(fault, pixel_id, now)
+            if hit:
                 fault.consume()
                 return fault.spec
         return None
@@ -140,7 +169,8 @@ class FaultRegistry:
 
 
 def fault_error(spec: FaultSpec, pixel_id: str | None) -> ApiError:
-    """The Graph error an error-kind fault answers (transient, throttle, error, token_expired)."""
+    """The Graph error an error-kind fault answers (transient, throttle, rate_limit, error,
+    token_expired)."""
     if spec.kind == "transient":
         code = spec.code or 2
         return ApiError(
@@ -151,7 +181,7 @@ def fault_error(spec: FaultSpec, pixel_id: str | None) -> ApiError:
             is_transient=True if spec.is_transient is None else spec.is_transient,
             type=spec.error_type or "OAuthException",
         )
-    if spec.kind == "throttle":
+    if spec.kind in ("throttle", "rate_limit"):
         code = spec.code or 80004
         default_sub, default_msg = errors.THROTTLE_CODES[code]
         return ApiError(
