@@ -6,8 +6,8 @@ that allocates: librdkafka's threads, the poll thread, the event loop), so the p
 the high-water mark of its largest backlog. Measured in the soak (docs/operations.md, "Faults,
 measured"): the memory in use came back to 20-70 MB after each catch-up while the arenas' free part
 grew to over 100 MB. So the service caps glibc at two arenas and hands free pages back to the system
-(`malloc_trim`) every 15 s while it is not catching up. Both are no-ops where the C library is not
-glibc.
+(`malloc_trim`) when a catch-up ends and every 15 s while it is not catching up. Both are no-ops
+where the C library is not glibc.
 """
 
 from __future__ import annotations
@@ -68,16 +68,26 @@ def release_free_memory() -> bool:
 
 
 async def trim_periodically(
-    stop: asyncio.Event, busy: Callable[[], bool], interval_s: float = TRIM_INTERVAL_S
+    stop: asyncio.Event,
+    busy: Callable[[], bool],
+    interval_s: float = TRIM_INTERVAL_S,
+    check_s: float = 1.0,
 ) -> None:
-    """Every `interval_s` until `stop`, release free memory unless `busy()` (a catch-up would only
-    ask for the pages again)."""
+    """Until `stop`: release free memory as soon as a catch-up ends (`busy()` turned false) and every
+    `interval_s` while not `busy()` (during a catch-up the pages would only be asked for again)."""
     if _LIBC is None:
         return
+    was_busy = False
+    since = 0.0
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+            await asyncio.wait_for(stop.wait(), timeout=check_s)
         if stop.is_set():
             return
-        if not busy():
+        since += check_s
+        if busy():
+            was_busy = True
+        elif was_busy or since >= interval_s:
+            was_busy = False
+            since = 0.0
             await asyncio.to_thread(release_free_memory)
