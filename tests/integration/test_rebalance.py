@@ -28,6 +28,24 @@ from tests.integration.test_failures import orders
 pytestmark = pytest.mark.integration
 
 
+def group_config(
+    tmp_path: Path, devstack: Endpoints, emulator: RunningEmulator, topic: str, group: str, protocol: str
+) -> Path:
+    """20-event batches; the drain deadline (30 s) is also the bound of a revocation's wait."""
+    return write_config(
+        tmp_path,
+        devstack,
+        emulator.base_url,
+        {topic: "order"},
+        group_id=group,
+        extra={
+            "kafka": {"group_protocol": protocol},
+            "batching": {"max_events": 20},
+            "shutdown": {"drain_deadline_s": 30},
+        },
+    )
+
+
 @pytest.mark.parametrize("protocol", ["classic", "consumer"])
 def test_a_member_joining_mid_delivery_causes_no_resend(
     protocol: str,
@@ -38,18 +56,7 @@ def test_a_member_joining_mid_delivery_causes_no_resend(
 ) -> None:
     topic = make_topic("orders", partitions=4)
     group = f"g-rebalance-{protocol}-{time.monotonic_ns()}"
-    config = write_config(
-        tmp_path,
-        devstack,
-        emulator.base_url,
-        {topic: "order"},
-        group_id=group,
-        extra={
-            "kafka": {"group_protocol": protocol},
-            "batching": {"max_events": 20},
-            "shutdown": {"drain_deadline_s": 30},  # also the bound of a revocation's wait
-        },
-    )
+    config = group_config(tmp_path, devstack, emulator, topic, group, protocol)
     samples = orders(800)
     produce(devstack, samples, {topic: "order"})
     # Every request takes 3 s and 8 are in flight at a time: the first member needs 15 s for its 40
@@ -92,18 +99,7 @@ def test_a_member_leaving_while_another_joins_commits_what_it_sent(
     evicted, and the new owners send its settled records again."""
     topic = make_topic("orders", partitions=4)
     group = f"g-leave-{protocol}-{time.monotonic_ns()}"
-    config = write_config(
-        tmp_path,
-        devstack,
-        emulator.base_url,
-        {topic: "order"},
-        group_id=group,
-        extra={
-            "kafka": {"group_protocol": protocol},
-            "batching": {"max_events": 20},
-            "shutdown": {"drain_deadline_s": 30},
-        },
-    )
+    config = group_config(tmp_path, devstack, emulator, topic, group, protocol)
     samples = orders(400)
     produce(devstack, samples, {topic: "order"})
     add_fault(emulator.base_url, {"kind": "latency", "latency_ms": 3000})

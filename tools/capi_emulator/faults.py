@@ -7,27 +7,16 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 
 from capi_emulator import errors
-from capi_emulator.config import FaultSpec
+from capi_emulator.config import FaultKind, FaultSpec
 from capi_emulator.errors import ApiError, json_path
 
 # Kinds that replace the normal answer; the others (latency, reject_event_ids) modify it.
-RESPONSE_KINDS = frozenset(
-    {
-        "transient",
-        "throttle",
-        "rate_limit",
-        "error",
-        "token_expired",
-        "html_502",
-        "drop_connection",
-        "no_response",
-    }
-)
+RESPONSE_KINDS = frozenset(get_args(FaultKind)) - {"latency", "reject_event_ids"}
 
 HTML_502_BODY = (
     '<!DOCTYPE html>\n<html lang="en" id="facebook"><head><title>Facebook | Error</title>'
