@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -52,6 +53,8 @@ _CALLBACK_TIMEOUT_S = 300.0
 """How long a rebalance callback in the poll thread waits for the loop (a safety net: the loop's own
 work, `before_revoke` included, has shorter bounds; librdkafka's max.poll.interval.ms is 300 s)."""
 DEFAULT_SESSION_TIMEOUT_MS = 45_000
+STATS_INTERVAL_MS = 500
+"""librdkafka statistics interval (classic protocol): how fresh the join state is when leaving."""
 GROUP_WAIT_MARGIN_S = 5.0
 
 
@@ -396,9 +399,15 @@ class KafkaSource(PartitionSource):
         self._commits: dict[TopicPartitionKey, int] = {}
         """The highest offset the group confirmed per partition (from commit results)."""
         self._commit_refused: KafkaError | None = None
-        self._consumer = Consumer(
-            {**conf, "on_commit": self._on_commit}, logger=logging.getLogger("librdkafka.consumer")
-        )
+        self._classic = str(conf.get("group.protocol", "classic")) == "classic"
+        self._join_state: str | None = None
+        """The classic group's join state from librdkafka's statistics (`steady` between rebalances)."""
+        self._join_state_at = 0.0
+        callbacks: dict[str, Any] = {"on_commit": self._on_commit}
+        if self._classic:
+            callbacks["stats_cb"] = self._on_stats
+            callbacks["statistics.interval.ms"] = conf.get("statistics.interval.ms", STATS_INTERVAL_MS)
+        self._consumer = Consumer({**conf, **callbacks}, logger=logging.getLogger("librdkafka.consumer"))
         self._topics = topics
         self._poller: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -623,24 +632,50 @@ class KafkaSource(PartitionSource):
                 key = (tp.topic, tp.partition)
                 self._commits[key] = max(self._commits.get(key, -1), tp.offset)
 
+    def _on_stats(self, stats: str) -> None:
+        """librdkafka's statistics (every STATS_INTERVAL_MS, from inside consume()): the join state."""
+        try:
+            state = orjson.loads(stats).get("cgrp", {}).get("join_state")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        self._join_state = state if isinstance(state, str) else None
+        self._join_state_at = time.monotonic()
+
+    def _settled_in_group(self, since: float) -> bool:
+        """Whether this member has been given an assignment and (classic protocol) the statistics
+        taken after `since` show no rebalance under way."""
+        if not self._joined:
+            return False
+        return not self._classic or (self._join_state_at > since and self._join_state == "steady")
+
     def close(self) -> None:
-        """Leave the group. A member whose join is still in progress first lets it finish (up to
-        `group_wait_s`): the broker answers a connection's requests in order and holds the JoinGroup
-        until the rebalance completes, so a LeaveGroup sent meanwhile times out, and the group then
-        waits for this departed member until its session times out (45 s by default) before any
-        member gets partitions."""
+        """Leave the group, but not in the middle of a join (up to `group_wait_s`). The broker answers
+        a connection's requests in order and holds a JoinGroup until the rebalance completes, so a
+        LeaveGroup sent meanwhile times out (librdkafka gives up after 5 s) and the process exits
+        while the group still counts it: every rebalance then waits for its session to time out
+        (45 s by default), and members leaving meanwhile are caught the same way. So, with the
+        classic protocol, the member polls (partitions paused) until librdkafka's statistics show
+        the group steady; with KIP-848 there is no JoinGroup to wait for, only a first assignment."""
         if self._poller is not None:
             waiting = self._waiting
             if waiting is not None:
                 waiting.cancel()  # a callback waiting for this (now busy) thread would wait in vain
             self._poller.shutdown(wait=True)
-        if self._subscribed and not self._joined:
+        started = time.monotonic()
+        if self._subscribed and not self._settled_in_group(started):
             wait = self._group_wait_s
-            log.info("leaving the group waits for the join in progress", extra={"max_seconds": wait})
-            deadline = time.monotonic() + wait
-            self._pause_all = True  # what the join assigns starts paused: nothing is read
-            while not self._joined and time.monotonic() < deadline:
+            deadline = started + wait
+            self._pause_all = True  # what a rebalance assigns starts paused: nothing is read
+            self._pause(sorted(self.assigned))
+            logged = False
+            while not self._settled_in_group(started) and time.monotonic() < deadline:
                 self._consumer.consume(num_messages=100, timeout=0.2)
+                if not logged and time.monotonic() - started > 1.5 * STATS_INTERVAL_MS / 1000:
+                    logged = True  # not for the usual wait of one statistics interval
+                    log.info(
+                        "leaving the group waits for the join in progress",
+                        extra={"max_seconds": wait, "join_state": self._join_state},
+                    )
         self._consumer.close()
 
 

@@ -50,6 +50,9 @@ from tests.integration.pipeline_helpers import (
 KAFKA_PROXY = "kafka"
 CAPI_PROXY = "capi"
 POISON_PREFIX = "poison-"
+LEAVE_TIMEOUT_S = 150.0
+"""How long a member may take to exit on SIGTERM: its drain deadline, then at most twice the group
+wait (session timeout + 5 s: the final commit, then leaving outside a join)."""
 QUIET = {"log_level": 2}
 """The harness's own clients: no librdkafka connection errors on stderr while the broker is away."""
 
@@ -304,7 +307,18 @@ class Members:
     def alive(self) -> list[ConsumerProcess]:
         return [p for p in self.procs if p.proc.poll() is None]
 
-    def terminate(self, proc: ConsumerProcess, timeout_s: float = 60) -> int:
+    def staying(self, *, starting: bool = False) -> list[ConsumerProcess]:
+        """Alive and not told to stop (a member leaving may take a while: its drain, then the group);
+        unless `starting`, only those running the service already (they have logged: a SIGTERM before
+        Python has installed its handlers kills the process, exit -15)."""
+        return [
+            p
+            for p in self.alive()
+            if p.proc.pid not in self._expected_exit
+            and (starting or (p.log_path.exists() and p.log_path.stat().st_size > 0))
+        ]
+
+    def terminate(self, proc: ConsumerProcess, timeout_s: float = LEAVE_TIMEOUT_S) -> int:
         self._expected_exit.add(proc.proc.pid)
         return proc.terminate(timeout_s)
 

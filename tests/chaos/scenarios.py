@@ -21,7 +21,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from bench.workload import ORDER_SCHEMA_PATH
-from tests.chaos.harness import CAPI_PROXY, KAFKA_PROXY, POISON_PREFIX, Run
+from tests.chaos.harness import CAPI_PROXY, KAFKA_PROXY, LEAVE_TIMEOUT_S, POISON_PREFIX, Run
 
 Step = Callable[[Run], None]
 
@@ -201,7 +201,7 @@ def rebalance_storm(run: Run) -> None:
     codes: list[int] = []
     while time.monotonic() < end:
         run.sleep(3)
-        alive = run.members.alive()
+        alive = run.members.staying()
         if len(alive) >= 4 or (len(alive) > 2 and rng.random() < 0.5):
             proc = rng.choice(alive)
             # In a thread: the leaving member drains (up to shutdown.drain_deadline_s) while others move.
@@ -213,8 +213,8 @@ def rebalance_storm(run: Run) -> None:
         else:
             run.members.start()
     for thread in leaving:
-        thread.join(60)
-    while len(run.members.alive()) < 2:
+        thread.join(LEAVE_TIMEOUT_S)
+    while len(run.members.staying(starting=True)) < 2:
         run.members.start()
     if any(code != 0 for code in codes):
         run.violation(f"members leaving on SIGTERM exited with {sorted(set(codes))}")
