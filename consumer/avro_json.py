@@ -27,9 +27,16 @@ import datetime as dt
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["PRIMITIVES", "AvroJsonError", "SchemaIndex", "record_from_json"]
+__all__ = [
+    "PRIMITIVES",
+    "RAW_LOGICAL_TYPES",
+    "AvroJsonError",
+    "SchemaIndex",
+    "raw_logical_key",
+    "record_from_json",
+]
 
 PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED = frozenset({"record", "error", "enum", "fixed"})
@@ -317,3 +324,46 @@ def _timestamp(value: Any, logical: str, path: str) -> dt.datetime:
         return (_EPOCH_LOCAL if local else _EPOCH_UTC) + delta
     except OverflowError:
         raise AvroJsonError(path, "timestamp out of range") from None
+
+
+# --- logical types left raw -------------------------------------------------------------------------
+# Converting logical types costs fastavro a Python call per value (a Decimal per amount, a datetime per
+# timestamp). The consumer decodes without the ones below (`consumer.decode.Decoder.decode_lean`) and
+# the mapping converts only the values it reads, with exactly the function fastavro would have called
+# (`fastavro.read.LOGICAL_READERS`), or an integer shortcut proven equal (event_time from epoch millis).
+
+RAW_LOGICAL_TYPES: Final[dict[str, type]] = {
+    "long-timestamp-millis": int,
+    "long-timestamp-micros": int,
+    "long-local-timestamp-millis": int,
+    "long-local-timestamp-micros": int,
+    "int-date": int,
+    "bytes-decimal": bytes,
+    "fixed-decimal": bytes,
+}
+"""fastavro's logical-type keys (`<base type>-<logicalType>`) that lean decoding leaves raw, with the
+Python type of the raw value. uuid and time-of-day stay converted by fastavro: the first can fail on
+bad text (a decode error), the mapping passes the second through."""
+
+_MAX_DECIMAL_DIGITS: Final = 1000
+"""Decimals with a larger (or an invalid) precision or scale stay converted by fastavro: within this
+bound the conversion cannot raise for any value that fits in a Kafka record (see `decode`)."""
+
+
+def raw_logical_key(t: Any) -> str | None:
+    """fastavro's logical-type key of the type node `t` when lean decoding leaves its values raw."""
+    if not isinstance(t, Mapping):
+        return None
+    base, logical = t.get("type"), t.get("logicalType")
+    if not isinstance(base, str) or not isinstance(logical, str):
+        return None
+    key = f"{base}-{logical}"
+    if key not in RAW_LOGICAL_TYPES:
+        return None
+    if logical == "decimal":
+        precision, scale = t.get("precision"), t.get("scale", 0)
+        if type(precision) is not int or type(scale) is not int:
+            return None
+        if not (1 <= precision <= _MAX_DECIMAL_DIGITS and 0 <= scale <= _MAX_DECIMAL_DIGITS):
+            return None
+    return key

@@ -7,14 +7,23 @@ newer compatible writer schema still decodes into the shape the mapping was chec
 The run loop never lets `decode` wait for the registry: it asks `schema_to_fetch` which records carry
 a schema ID not loaded yet, fetches those with `fetch_schema` in a worker thread (retrying while the
 registry is unreachable, the loop serving everything else meanwhile) and hands them over with `learn`.
+
+`decode_lean` is what the pipeline uses: the same records, except that timestamps, dates and decimals
+(`consumer.avro_json.RAW_LOGICAL_TYPES`) keep their Avro base values (epoch units, days, unscaled
+bytes) for the mapping to convert the few it reads. It does so only when the writer schema declares
+exactly the reader schema's logical types wherever the reader has a field (so a raw value means what
+the reader schema says) and no value could fail its conversion; otherwise it decodes like `decode`
+and says so.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import fastavro
@@ -22,6 +31,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import to_parsing_canonical_form
 
+from consumer.avro_json import RAW_LOGICAL_TYPES, SchemaIndex, raw_logical_key
 from consumer.errors import (
     AVRO_DECODE_ERROR,
     EMPTY_VALUE,
@@ -49,6 +59,208 @@ def parse_schema(schema: Mapping[str, Any] | str) -> Schema:
     return fastavro.parse_schema(raw)
 
 
+# --- lean decoding: logical types left raw ----------------------------------------------------------
+
+_EPOCH_UTC = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MIN_US = (dt.datetime.min.replace(tzinfo=dt.UTC) - _EPOCH_UTC) // dt.timedelta(microseconds=1)
+_MAX_US = (dt.datetime.max.replace(tzinfo=dt.UTC) - _EPOCH_UTC) // dt.timedelta(microseconds=1)
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    # The raw values fastavro converts without raising (OverflowError / ValueError beyond them).
+    "long-timestamp-millis": (-(-_MIN_US // 1000), _MAX_US // 1000),
+    "long-local-timestamp-millis": (-(-_MIN_US // 1000), _MAX_US // 1000),
+    "long-timestamp-micros": (_MIN_US, _MAX_US),
+    "long-local-timestamp-micros": (_MIN_US, _MAX_US),
+    "int-date": (1 - _EPOCH_ORDINAL, dt.date.max.toordinal() - _EPOCH_ORDINAL),
+}
+_MAX_LEAN_VALUE_BYTES = 400_000
+"""Longer values decode converted: a decimal of more than about 415,000 bytes would overflow the
+decimal context's exponent while being converted (a decode error), so below this no decimal can."""
+_PRIMITIVE_CLASS = {
+    "null": "null",
+    "boolean": "bool",
+    "int": "int",
+    "long": "int",
+    "float": "float",
+    "double": "float",
+    "bytes": "bytes",
+    "string": "str",
+}
+_COMPLEX_CLASS = {
+    "record": "dict",
+    "error": "dict",
+    "map": "dict",
+    "array": "list",
+    "enum": "str",
+    "fixed": "bytes",
+}
+
+_Position = tuple[str, ...]
+"""Field names from the top record; "[]" steps into array items, "{}" into map values."""
+_Annotation = tuple[str, Any, Any]
+"""A logical type left raw: (fastavro key, precision, scale)."""
+
+
+def _schema_dict(schema: Schema) -> Any:
+    """The JSON form of a fastavro-parsed schema (without fastavro's bookkeeping keys)."""
+    if isinstance(schema, dict):
+        return {k: _schema_dict(v) for k, v in schema.items() if not k.startswith("__")}
+    if isinstance(schema, list):
+        return [_schema_dict(v) for v in schema]
+    return schema
+
+
+def _without_raw_logical(schema: Any) -> Any:
+    """`schema` (JSON form) without the logicalType of every node `raw_logical_key` accepts."""
+    if isinstance(schema, dict):
+        drop = raw_logical_key(schema) is not None
+        return {k: _without_raw_logical(v) for k, v in schema.items() if not (drop and k == "logicalType")}
+    if isinstance(schema, list):
+        return [_without_raw_logical(v) for v in schema]
+    return schema
+
+
+class _Recursive(Exception):
+    pass
+
+
+def _value_classes(schema: Schema) -> dict[_Position, set[tuple[str, _Annotation | None]]]:
+    """Every position of a record schema -> the (Python class, raw logical annotation) its values can
+    have there, over all union branches. Raises _Recursive for a recursive schema."""
+    index = SchemaIndex(schema)
+    found: dict[_Position, set[tuple[str, _Annotation | None]]] = {}
+
+    def walk(t: Any, ns: str | None, path: _Position, stack: frozenset[str]) -> None:
+        t, ns = index.resolve(t, ns)
+        if isinstance(t, list):
+            for branch in t:
+                walk(branch, ns, path, stack)
+            return
+        entries = found.setdefault(path, set())
+        if isinstance(t, str):
+            entries.add((_PRIMITIVE_CLASS.get(t, t), None))
+            return
+        kind = t.get("type")
+        key = raw_logical_key(t)
+        if key is not None:
+            entries.add((RAW_LOGICAL_TYPES[key].__name__, (key, t.get("precision"), t.get("scale", 0))))
+            return
+        logical = t.get("logicalType")
+        if isinstance(logical, str) and f"{kind}-{logical}" in fastavro.read.LOGICAL_READERS:
+            entries.add((f"converted {kind}-{logical}", None))
+            return
+        entries.add((_COMPLEX_CLASS.get(kind, _PRIMITIVE_CLASS.get(kind, str(kind))), None))
+        if kind in ("record", "error"):
+            name = index.full_name(t, ns)
+            if name in stack:
+                raise _Recursive(name)
+            for field in t["fields"]:
+                walk(field["type"], ns, (*path, field["name"]), stack | {name})
+        elif kind == "array":
+            walk(t["items"], ns, (*path, "[]"), stack)
+        elif kind == "map":
+            walk(t["values"], ns, (*path, "{}"), stack)
+
+    walk(schema, None, (), frozenset())
+    return found
+
+
+def _annotations(classes: set[tuple[str, _Annotation | None]]) -> set[_Annotation] | None:
+    """The raw logical annotations at one position; None when a raw value there would be ambiguous (a
+    raw int or bytes that another branch also produces, e.g. a union of long and a timestamp)."""
+    annotations: set[_Annotation] = set()
+    for cls, annotation in classes:
+        if annotation is None:
+            continue
+        if any(c == cls and a != annotation for c, a in classes):
+            return None
+        annotations.add(annotation)
+    return annotations
+
+
+@dataclass(frozen=True, slots=True)
+class _Lean:
+    """How to decode one writer schema into one reader schema with raw logical values."""
+
+    writer: Schema
+    reader: Schema | None
+    int_ranges: tuple[tuple[_Position, int, int], ...]
+    """Positions of raw timestamps and dates, with the raw values fastavro converts without error."""
+    has_decimals: bool
+
+    def convertible(self, record: dict[str, Any]) -> bool:
+        """Whether fastavro would convert every raw timestamp and date of `record` without error."""
+        for path, low, high in self.int_ranges:
+            value: Any = record
+            for i, step in enumerate(path):
+                if step == "[]" or step == "{}":
+                    if not _in_range(value, path, i, low, high):
+                        return False
+                    break
+                value = value.get(step) if type(value) is dict else None
+                if value is None:
+                    break
+            else:
+                if type(value) is int and not low <= value <= high:
+                    return False
+        return True
+
+
+def _lean(writer: Schema, reader: Schema | None, reader_for_meaning: Schema) -> _Lean | None:
+    """The lean way to read `writer` (resolved into `reader`, None when identical), or None when raw
+    values would not mean what `reader_for_meaning` (the topic's reader schema) declares."""
+    try:
+        return _lean_reading(writer, reader, reader_for_meaning)
+    except Exception:  # a schema shape this analysis does not follow: decode converted, as always
+        return None
+
+
+def _lean_reading(writer: Schema, reader: Schema | None, reader_for_meaning: Schema) -> _Lean | None:
+    try:
+        wanted = _value_classes(reader_for_meaning)
+        written = _value_classes(writer)
+    except _Recursive:
+        return None
+    int_ranges: list[tuple[_Position, int, int]] = []
+    has_decimals = False
+    for path, classes in wanted.items():
+        reader_annotations = _annotations(classes)
+        writer_annotations = _annotations(written.get(path, set()))
+        if reader_annotations is None or writer_annotations is None:
+            return None
+        if reader_annotations != writer_annotations:
+            return None
+        for key, _precision, _scale in reader_annotations:
+            if key in _INT_RANGES:
+                low, high = _INT_RANGES[key]
+                int_ranges.append((path, low, high))
+            else:
+                has_decimals = True
+    if not has_decimals and not int_ranges:
+        return None  # nothing to leave raw
+    lean_writer = fastavro.parse_schema(_without_raw_logical(_schema_dict(writer)))
+    lean_reader = (
+        None if reader is None else fastavro.parse_schema(_without_raw_logical(_schema_dict(reader)))
+    )
+    return _Lean(lean_writer, lean_reader, tuple(int_ranges), has_decimals)
+
+
+def _in_range(value: Any, path: _Position, i: int, low: int, high: int) -> bool:
+    """Whether every raw int at `path` (from step `i`) of `value` lies in [low, high]."""
+    while i < len(path):
+        if value is None:
+            return True
+        step = path[i]
+        if step == "[]" or step == "{}":
+            items = value if type(value) is list else value.values() if type(value) is dict else ()
+            return all(_in_range(item, path, i + 1, low, high) for item in items)
+        if type(value) is not dict:
+            return True  # another branch of a union: nothing of this path here
+        value = value.get(step)
+        i += 1
+    return type(value) is not int or low <= value <= high
+
+
 class RegistryUnavailable(Exception):
     """The registry could not be asked (connection, timeout, 5xx): worth asking again later."""
 
@@ -72,8 +284,12 @@ class Decoder:
         self._reader_forms = {t: to_parsing_canonical_form(s) for t, s in self._readers.items()}
         self._schemaless = dict(writer_schemas or {})
         self._registry = registry
-        # (topic, schema id) -> (writer schema, reader schema or None when identical)
-        self._resolved: dict[tuple[str, int], tuple[Schema, Schema | None]] = {}
+        # (topic, schema id) -> (writer schema, reader schema or None when identical, lean reading)
+        self._resolved: dict[tuple[str, int], tuple[Schema, Schema | None, _Lean | None]] = {}
+        self._lean_schemaless = {
+            t: _lean(w, None if self._same(w, t) else self._readers[t], self._readers[t])
+            for t, w in self._schemaless.items()
+        }
         self._fetched: dict[int, str] = {}
         """Schema ID -> writer schema text, loaded ahead by the run loop (`learn`)."""
         self._known_headers: set[tuple[str, bytes]] = set()
@@ -98,6 +314,40 @@ class Decoder:
         if resolved is None:
             resolved = self._resolve(topic, schema_id)
         return self._read(value, HEADER_SIZE, resolved[0], resolved[1])
+
+    def decode_lean(self, topic: str, value: bytes | None) -> tuple[dict[str, Any], bool]:
+        """Like `decode`, and True when the record's timestamps, dates and decimals were left raw (see
+        the module docstring; `Mapper.map(..., raw_logical=True)` reads them). Fails exactly as
+        `decode` would, with the same reason and message."""
+        if not value:
+            raise _fail(EMPTY_VALUE, "record has no value (tombstone or empty)")
+        writer = self._schemaless.get(topic)
+        if writer is not None:
+            start, reader, lean = 0, self._readers[topic], self._lean_schemaless[topic]
+        else:
+            if len(value) < HEADER_SIZE or value[0] != MAGIC_BYTE:
+                raise _fail(NOT_CONFLUENT_WIRE_FORMAT, "value does not start with magic byte 0 + schema ID")
+            schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
+            resolved = self._resolved.get((topic, schema_id))
+            if resolved is None:
+                resolved = self._resolve(topic, schema_id)
+            start, (writer, reader, lean) = HEADER_SIZE, resolved
+        if lean is not None and not (lean.has_decimals and len(value) > _MAX_LEAN_VALUE_BYTES):
+            buf = io.BytesIO(value)
+            buf.seek(start)
+            try:
+                record = fastavro.schemaless_reader(buf, lean.writer, lean.reader)
+            except Exception:
+                pass
+            else:
+                if type(record) is dict and lean.convertible(record):
+                    return record, True
+        # Nothing to leave raw, or a value the conversion refuses: decode (and fail) like `decode`.
+        return self._read(value, start, writer, reader), False
+
+    def _same(self, writer: Schema, topic: str) -> bool:
+        """Whether `writer` is `topic`'s reader schema (then fastavro needs no resolution)."""
+        return bool(to_parsing_canonical_form(writer) == self._reader_forms[topic])
 
     def _read(self, value: bytes, start: int, writer: Schema, reader: Schema | None) -> dict[str, Any]:
         buf = io.BytesIO(value)
@@ -168,7 +418,7 @@ class Decoder:
     def learn(self, schema_id: int, schema_str: str) -> None:
         self._fetched[schema_id] = schema_str
 
-    def _resolve(self, topic: str, schema_id: int) -> tuple[Schema, Schema | None]:
+    def _resolve(self, topic: str, schema_id: int) -> tuple[Schema, Schema | None, _Lean | None]:
         assert self._registry is not None
         refused = self._refused.get(schema_id)
         if refused is not None:
@@ -180,9 +430,9 @@ class Decoder:
             raise _fail(SCHEMA_RESOLUTION_ERROR, f"schema {schema_id} is not a valid Avro schema") from exc
         reader: Schema | None = self._readers[topic]
         # Resolution costs time on every record; skip it when writer and reader are the same schema.
-        if to_parsing_canonical_form(writer) == self._reader_forms[topic]:
+        if self._same(writer, topic):
             reader = None
-        resolved = (writer, reader)
+        resolved = (writer, reader, _lean(writer, reader, self._readers[topic]))
         self._resolved[(topic, schema_id)] = resolved
         return resolved
 

@@ -14,6 +14,12 @@ exist or has an unusable type is a `ConfigError` naming the key, the path, the s
   (`stage="validate"`, via `consumer.validate.validate_event`); it belongs in the dead-letter topic.
   `detail` names fields and types, never values: records carry personal data.
 
+Each topic's checked plan is turned at start-up into a Python function that maps its records (see
+"generated mapping functions"); `Mapper.interpret` reads the plan field by field instead and is the
+reference the generated functions are tested against. `map(..., raw_logical=True)` takes records of
+`consumer.decode.Decoder.decode_lean`, whose timestamps, dates and decimals are still raw: the
+generated function converts the ones it reads, to the very values fastavro would have produced.
+
 Built-in mappings (event types are the schemas' enum symbols):
 
 | kind | event type | event_name (default) | event_id | sent by default |
@@ -43,7 +49,9 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from consumer.avro_json import SchemaIndex
+from fastavro.read import LOGICAL_READERS
+
+from consumer.avro_json import RAW_LOGICAL_TYPES, SchemaIndex, raw_logical_key
 from consumer.canonical import builtin_mapping
 from consumer.config import (
     TENANT_PREFIX,
@@ -54,8 +62,8 @@ from consumer.config import (
     MappingSpec,
     TopicConfig,
 )
-from consumer.normalize import Normalizer, Omission
-from consumer.validate import is_http_url, validate_event
+from consumer.normalize import MEMO_FIELDS, Normalizer, Omission
+from consumer.validate import is_http_url, validate_event, validate_mapped_event
 
 __all__ = [
     "EVENT_TYPE_NOT_SENT",
@@ -213,6 +221,10 @@ class _Path:
     keys: tuple[str, ...]
     kinds: frozenset[str]
     symbols: tuple[str, ...] = ()  # when the leaf is an enum
+    raw: tuple[tuple[str, dict[str, Any]], ...] = ()
+    """The leaf's logical types that lean decoding leaves raw: (fastavro key, type node) per branch."""
+    raw_items: tuple[tuple[str, dict[str, Any]], ...] = ()
+    """The same for the items of an array leaf."""
 
     def get(self, record: Mapping[str, Any]) -> Any:
         """The value at this path, None when it or any record on the way is null/absent."""
@@ -323,7 +335,17 @@ class _Checker:
             self.problem(key, f"field '{text}' in {self.where()} is {found}; expected {wanted}")
             return None
         symbols = tuple(s for k, t, _ in kinds if k == "enum" for s in t["symbols"])
-        return _Path(text, tuple(text.split(".")), names, symbols)
+        raw: list[tuple[str, dict[str, Any]]] = []
+        raw_items: list[tuple[str, dict[str, Any]]] = []
+        for kind, t, t_ns in kinds:
+            if kind.startswith("array:"):
+                for item in self._non_null(t["items"], t_ns):
+                    node, _ = self.index.resolve(item, t_ns)
+                    if (logical := raw_logical_key(node)) is not None:
+                        raw_items.append((logical, node))
+            elif (logical := raw_logical_key(t)) is not None:
+                raw.append((logical, t))
+        return _Path(text, tuple(text.split(".")), names, symbols, tuple(raw), tuple(raw_items))
 
     def array_item(self, key: str, text: str) -> tuple[_Path, Any, str | None] | None:
         """Check `text` is an array of records; returns its path and the item record to walk from."""
@@ -560,6 +582,571 @@ def _compile_contents(c: _Checker, key: str, spec: ContentsSpec) -> _Contents | 
     )
 
 
+# --- generated mapping functions --------------------------------------------------------------------
+# `Mapper.map` runs one Python function per topic (and decoding mode) generated at start-up from the
+# checked plan, so that a record costs straight-line dict lookups instead of a walk over the plan per
+# field. `Mapper.interpret` is the plan's direct reading, kept as the reference that tests hold the
+# generated functions to (same results, same JSON bytes). Generated code names every configured value
+# through its namespace (`_Code.const`); only field names (Avro names, checked against the schema)
+# and the key names of this module appear in the source, as `repr()` literals.
+
+
+def _raw_converter(path: _Path) -> Callable[[Any], Any] | None:
+    """For a lean-decoded record: the raw value at `path` -> what fastavro would have decoded."""
+    if not path.raw and not path.raw_items:
+        return None
+    leaf = tuple((RAW_LOGICAL_TYPES[key], LOGICAL_READERS[key], node) for key, node in path.raw)
+    items = tuple((RAW_LOGICAL_TYPES[key], LOGICAL_READERS[key], node) for key, node in path.raw_items)
+    if len(leaf) == 1 and not items:
+        # The common case (one logical type, no array): one call.
+        ((raw_type, read, node),) = leaf
+
+        def convert_one(value: Any) -> Any:
+            return read(value, node, node) if type(value) is raw_type else value
+
+        return convert_one
+
+    def one(value: Any, branches: tuple[tuple[type, Callable[..., Any], dict[str, Any]], ...]) -> Any:
+        kind = type(value)
+        for raw_type, read, node in branches:
+            if kind is raw_type:
+                return read(value, node, node)
+        return value
+
+    def convert(value: Any) -> Any:
+        if type(value) is list:
+            return [one(item, items) for item in value] if items else value
+        return one(value, leaf) if leaf else value
+
+    return convert
+
+
+@functools.lru_cache(maxsize=4096)
+def _money_from_raw(raw: bytes, key: str, precision: int, scale: int, places: int) -> float:
+    """`_money` of the Decimal fastavro decodes from unscaled bytes (amounts repeat: cached)."""
+    return _round_decimal(LOGICAL_READERS[key](raw, {"precision": precision, "scale": scale}, None), places)
+
+
+def _put_raw(raw: dict[str, object], key: str, value: Any) -> None:
+    """What `_raw_user_data` does with the value of a one-field key."""
+    if value is None:
+        return
+    if type(value) is list:
+        items = [v for v in value if v is not None]
+        if items:
+            raw[key] = items[0] if len(items) == 1 else items
+    else:
+        raw[key] = value
+
+
+class _Code:
+    """Python source being generated, and the namespace it runs in."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        self.lines: list[str] = []
+        self.namespace = namespace
+        self._names = 0
+
+    def const(self, value: Any) -> str:
+        """A name bound to `value` in the namespace (configured values never enter the source)."""
+        name = f"_k{self._names}"
+        self._names += 1
+        self.namespace[name] = value
+        return name
+
+    def var(self, stem: str) -> str:
+        self._names += 1
+        return f"{stem}{self._names}"
+
+    def __call__(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+
+class _Body:
+    """Generates one function body: reads share the parent records they go through (looked up once)."""
+
+    def __init__(self, code: _Code, lean: bool) -> None:
+        self.code = code
+        self.lean = lean
+        self.parents: dict[tuple[str, ...], str] = {}
+
+    def parent(self, keys: tuple[str, ...]) -> str:
+        """The variable holding the record at `keys` (from the top record), emitting its lookup at the
+        body's top level the first time (so `prefetch` must have asked for it before any branch)."""
+        if not keys:
+            return "record"
+        var = self.parents.get(keys)
+        if var is None:
+            above = self.parent(keys[:-1])
+            var = self.code.var("p")
+            get = f"{above}.get({keys[-1]!r})"
+            self.code(
+                1,
+                f"{var} = {get}" if above == "record" else f"{var} = {get} if {above} is not None else None",
+            )
+            self.parents[keys] = var
+        return var
+
+    def read(
+        self, indent: int, target: str, path: _Path, *, base: str = "record", convert: bool = True
+    ) -> None:
+        """`target = <value at path>` (from `base`, the top record or an array item); converted from
+        its raw form in lean mode unless `convert` is False."""
+        code = self.code
+        if base == "record":
+            source = self.parents.get(path.keys[:-1], "record") if len(path.keys) > 1 else "record"
+            assert len(path.keys) == 1 or path.keys[:-1] in self.parents, "prefetch() first"
+            leaf = path.keys[-1]
+            code(
+                indent,
+                f"{target} = {source}.get({leaf!r})"
+                if source == "record"
+                else f"{target} = {source}.get({leaf!r}) if {source} is not None else None",
+            )
+        else:
+            code(indent, f"{target} = {base}.get({path.keys[0]!r})")
+            for key in path.keys[1:]:
+                code(indent, f"if {target} is not None:")
+                code(indent + 1, f"{target} = {target}.get({key!r})")
+        converter = _raw_converter(path) if self.lean and convert else None
+        if converter is not None:
+            code(indent, f"if {target} is not None:")
+            code(indent + 1, f"{target} = {code.const(converter)}({target})")
+
+    def prefetch(self, paths: list[_Path]) -> None:
+        """Emit the parent lookups of `paths` up front (so that reads inside branches can share them)."""
+        for path in paths:
+            self.parent(path.keys[:-1])
+
+
+def _reject(code: _Code, indent: int, reason: str, detail: str) -> None:
+    code(indent, f"raise _Reject({code.const(reason)}, {code.const(detail)})")
+
+
+def _record_paths(plan: _Plan, parts: _Parts) -> list[_Path]:
+    """Every top-record path a body reads (for `_Body.prefetch`)."""
+    paths = [plan.event_time, parts.event_id]
+    paths += [p for p in (parts.event_source_url, plan.opt_out, plan.tenant) if p is not None]
+    paths += [p for _, group in plan.user_data for p in group]
+    paths += list(parts.custom_data.values())
+    if parts.contents is not None:
+        paths.append(parts.contents.array)
+    if plan.ldu is not None:
+        paths += [p for p in plan.ldu if p is not None]
+    return paths
+
+
+def _memo_runs(plan: _Plan) -> tuple[tuple[str, ...], ...] | None:
+    """The runs of memoized user_data keys (`Normalizer.memo`), or None when the mapping's user_data
+    does not allow the memo: a key read from several fields, an array or a deeper path (every key must
+    be a plain value: the memo's key, and `country`, the hint of the others, must be memoized)."""
+    keys = [key for key, _ in plan.user_data]
+    for _, paths in plan.user_data:
+        if len(paths) != 1 or len(paths[0].keys) > 2 or any(k.startswith("array:") for k in paths[0].kinds):
+            return None
+    memoized = [key in MEMO_FIELDS for key in keys]
+    if not any(memoized):
+        return None
+    runs: list[list[str]] = []
+    previous = False
+    for key, memo in zip(keys, memoized, strict=True):
+        if memo:
+            if previous:
+                runs[-1].append(key)
+            else:
+                runs.append([key])
+        previous = memo
+    return tuple(tuple(run) for run in runs)
+
+
+def _generate(
+    plan: _Plan, normalizer: Normalizer, clock: Callable[[], float], *, lean: bool
+) -> Callable[[Mapping[str, Any]], MapResult]:
+    """The mapping function of `plan` (for lean-decoded records when `lean`)."""
+    namespace: dict[str, Any] = {
+        "_Reject": _Reject,
+        "Filtered": Filtered,
+        "Rejected": Rejected,
+        "Mapped": Mapped,
+        "Omission": Omission,
+        "is_http_url": is_http_url,
+        "validate_mapped_event": validate_mapped_event,
+        "_clock": clock,
+        "_event_time_of": _event_time_of,
+        "_money": _money,
+        "_money_from_raw": _money_from_raw,
+        "_json_value": _json_value,
+        "_MINOR_UNITS": _MINOR_UNITS,
+        "_put_raw": _put_raw,
+        "_UUID": uuid.UUID,
+        "_user_data": normalizer.user_data,
+    }
+    code = _Code(namespace)
+    _generate_body(code, "_body", plan, plan.base, normalizer, lean)
+    per_type = {}
+    for i, (type_key, parts) in enumerate(plan.per_type.items()):
+        per_type[type_key] = _generate_body(code, f"_body_{i}", plan, parts, normalizer, lean)
+
+    code(0, "def _map(record):")
+    if plan.name_path is not None:
+        name_text = plan.name_path.text
+        body = _Body(code, lean)
+        body.prefetch([plan.name_path, *(f.path for f in plan.filters)])
+        body.read(1, "raw_name", plan.name_path)
+        code(1, "if raw_name is None or raw_name == '':")
+        _reject(code, 2, MISSING_EVENT_NAME, f"{name_text} is null or empty")
+        code(1, "type_key = str(raw_name)")
+        if plan.name_values is None:
+            code(1, "event_name = type_key")
+        else:
+            names = code.const(plan.name_values)
+            code(1, f"event_name = {names}.get(type_key)")
+            code(1, "if event_name is None:")
+            not_sent, prefix = code.const(EVENT_TYPE_NOT_SENT), code.const(name_text + "=")
+            code(2, f"return Filtered({not_sent}, {prefix} + type_key)")
+    else:
+        assert plan.name_constant is not None
+        body = _Body(code, lean)
+        body.prefetch([f.path for f in plan.filters])
+        code(1, f"event_name = {code.const(plan.name_constant)}")
+    for i, rule in enumerate(plan.filters):
+        body.read(1, "value", rule.path)
+        verdict = Filtered(FILTERED_BY_CONFIG, f"filters[{i}]: {rule.path.text} {rule.operator}")
+        values = code.const(rule.values)
+        test = {
+            "equals": f"not bool(value == {values}[0])",
+            "not_equals": f"not bool(value != {values}[0])",
+            "in": f"value not in {values}",
+            "not_in": f"value in {values}",
+        }[rule.operator]
+        code(1, f"if {test}:")
+        code(2, f"return {code.const(verdict)}")
+    if per_type and plan.name_path is not None:
+        code(1, "return _per_type.get(type_key, _body)(record, event_name)")
+    else:
+        code(1, "return _body(record, event_name)")
+    source = "\n".join(code.lines) + "\n"
+    exec(compile(source, "<generated mapping>", "exec"), namespace)
+    namespace["_per_type"] = {key: namespace[name] for key, name in per_type.items()}
+    function: Callable[[Mapping[str, Any]], MapResult] = namespace["_map"]
+    function.__doc__ = source  # the code that runs, for a debugger or a curious reader
+    return function
+
+
+def _generate_body(
+    code: _Code, name: str, plan: _Plan, parts: _Parts, normalizer: Normalizer, lean: bool
+) -> str:
+    """Emit `def <name>(record, event_name)`: the event of a record whose name and filters passed."""
+    body = _Body(code, lean)
+    code(0, f"def {name}(record, event_name):")
+    body.prefetch(_record_paths(plan, parts))
+
+    # event_time, event_id, in the interpreter's order (its rejections win in that order)
+    time_path, unit = plan.event_time, plan.time_unit
+    raw_millis = lean and unit == "auto" and [k for k, _ in time_path.raw] == ["long-timestamp-millis"]
+    body.read(1, "value", time_path, convert=not raw_millis)
+    code(1, "if value is None:")
+    _reject(code, 2, MISSING_EVENT_TIME, f"{time_path.text} is null")
+    if raw_millis:
+        # floor(datetime.timestamp()) of fastavro's datetime, exactly, for every value it can decode.
+        code(1, "if type(value) is int:")
+        code(2, "event_time = value // 1000")
+        code(1, "else:")
+        code(
+            2,
+            f"event_time = _event_time_of({code.const(_raw_converter(time_path))}(value), "
+            f"{code.const(time_path.text)}, {code.const(unit)})",
+        )
+    else:
+        code(1, f"event_time = _event_time_of(value, {code.const(time_path.text)}, {code.const(unit)})")
+    body.read(1, "value", parts.event_id)
+    code(1, "event_id = '' if value is None else str(value).strip()")
+    code(1, "if not event_id:")
+    _reject(code, 2, MISSING_EVENT_ID, f"{parts.event_id.text} is null or empty")
+    code(
+        1,
+        "event = {'event_name': event_name, 'event_time': event_time, 'event_id': event_id, "
+        f"'action_source': {code.const(parts.action_source)}}}",
+    )
+
+    # event_source_url
+    code(1, "url_omitted = ()")
+    if parts.event_source_url is not None:
+        body.read(1, "url", parts.event_source_url)
+        code(1, "if isinstance(url, str):")
+        code(2, "url = url.strip()")
+        code(2, "if url:")
+        if parts.action_source == "website":
+            code(3, "event['event_source_url'] = url")
+        else:
+            code(3, "if is_http_url(url):")
+            code(4, "event['event_source_url'] = url")
+            code(3, "else:")
+            code(4, f"url_omitted = ({code.const(Omission('event_source_url', INVALID_URL))},)")
+
+    _generate_user_data(code, body, plan, normalizer)
+    code(1, "event['user_data'] = user_data")
+    _generate_custom_data(code, body, parts)
+    code(1, "if custom_data:")
+    code(2, "event['custom_data'] = custom_data")
+
+    if plan.opt_out is not None:
+        body.read(1, "value", plan.opt_out)
+        code(1, "if value is True:")
+        code(2, "event['opt_out'] = True")
+    if plan.ldu is not None:
+        flag, country, state = plan.ldu
+        body.read(1, "value", flag)
+        code(1, "if value is True:")
+        code(2, "event['data_processing_options'] = ['LDU']")
+        # 0 asks Meta to geolocate the event from its IP address.
+        for key, path in (("country", country), ("state", state)):
+            if path is None:
+                code(2, f"event['data_processing_options_{key}'] = 0")
+            else:
+                body.read(2, "value", path)
+                code(2, f"event['data_processing_options_{key}'] = value or 0")
+
+    code(1, "rejection = validate_mapped_event(event, now=_clock())")
+    code(1, "if rejection is not None:")
+    code(2, "return Rejected('validate', rejection.reason, rejection.detail)")
+    if plan.destination is not None:
+        code(1, f"return Mapped({code.const(plan.destination)}, event, user_data_omitted + url_omitted)")
+    else:
+        assert plan.tenant is not None
+        body.read(1, "value", plan.tenant)
+        code(1, "tenant = '' if value is None else str(value).strip()")
+        code(1, "if not tenant:")
+        _reject(code, 2, MISSING_TENANT_ID, f"{plan.tenant.text} is null or empty")
+        code(
+            1, f"return Mapped({code.const(TENANT_PREFIX)} + tenant, event, user_data_omitted + url_omitted)"
+        )
+    return name
+
+
+def _generate_user_data(code: _Code, body: _Body, plan: _Plan, normalizer: Normalizer) -> None:
+    """Emit code leaving `user_data` (a dict) and `user_data_omitted` (a tuple)."""
+    runs = _memo_runs(plan)
+    memo = normalizer.memo(runs) if runs is not None else None
+    if memo is None:
+        _generate_raw_user_data(code, body, plan, 1)
+        code(1, "result = _user_data(raw)")
+        code(1, "user_data = result.user_data")
+        code(1, "user_data_omitted = result.omitted")
+        return
+    assert runs is not None
+    memoized = [key for run in runs for key in run]
+    values = {key: code.var("u") for key, _ in plan.user_data}
+    # Keys read from the same record: one test of whether it is there, then plain lookups.
+    by_parent: dict[tuple[str, ...], list[tuple[str, _Path]]] = {}
+    for key, (path,) in plan.user_data:
+        by_parent.setdefault(path.keys[:-1], []).append((key, path))
+    for parent, keys in by_parent.items():
+        source = body.parent(parent)
+        indent = 1
+        if parent:
+            code(1, f"if {source} is None:")
+            code(2, " = ".join(values[key] for key, _ in keys) + " = None")
+            code(1, "else:")
+            indent = 2
+        for key, path in keys:
+            code(indent, f"{values[key]} = {source}.get({path.keys[-1]!r})")
+            converter = _raw_converter(path) if body.lean else None
+            if converter is not None:
+                code(indent, f"if {values[key]} is not None:")
+                code(indent + 1, f"{values[key]} = {code.const(converter)}({values[key]})")
+    code(1, "try:")
+    code(2, f"memo = {code.const(memo)}({', '.join(values[k] for k in memoized)})")
+    code(1, "except TypeError:  # an unhashable value (a list where the schema has a scalar)")
+    code(2, "memo = None")
+    code(1, "if memo is None:")
+    code(2, "raw = {}")
+    for key, _ in plan.user_data:
+        code(2, f"_put_raw(raw, {key!r}, {values[key]})")
+    code(2, "result = _user_data(raw)")
+    code(2, "user_data = result.user_data")
+    code(2, "user_data_omitted = result.omitted")
+    code(1, "else:")
+    # The memo's parts are shared: copied into this event's dict, never handed out.
+    code(2, "hint = memo.hint")
+    code(2, "parts = memo.parts")
+    code(2, "omitted = []")
+    run_index = 0
+    started = False
+    previous_memoized = False
+    for key, _ in plan.user_data:
+        if key in MEMO_FIELDS:
+            if not previous_memoized:
+                if started:
+                    code(2, f"user_data.update(parts[{run_index}])")
+                else:
+                    code(2, f"user_data = parts[{run_index}].copy()")
+                    started = True
+                code(2, f"if memo.omitted[{run_index}]:")
+                code(3, f"omitted.extend(memo.omitted[{run_index}])")
+                run_index += 1
+            previous_memoized = True
+            continue
+        previous_memoized = False
+        if not started:
+            code(2, "user_data = {}")
+            started = True
+        code(2, f"if {values[key]} is not None:")
+        code(3, f"{code.const(normalizer.adder(key))}({values[key]}, hint, user_data, omitted)")
+    code(2, "user_data_omitted = tuple(omitted)")
+
+
+def _generate_raw_user_data(code: _Code, body: _Body, plan: _Plan, indent: int) -> None:
+    """Emit what `_raw_user_data` does: `raw`, user_data key -> raw value(s)."""
+    code(indent, "raw = {}")
+    for run in plan.user_data_runs:
+        if run.paths is not None:
+            key, paths = run.paths
+            code(indent, "values = []")
+            for path in paths:
+                body.read(indent, "value", path)
+                code(indent, "if isinstance(value, list):")
+                code(indent + 1, "values.extend(v for v in value if v is not None)")
+                code(indent, "elif value is not None:")
+                code(indent + 1, "values.append(value)")
+            code(indent, "if values:")
+            code(indent + 1, f"raw[{key!r}] = values[0] if len(values) == 1 else values")
+            continue
+        for key, _leaf in run.fields:
+            (path,) = dict(plan.user_data)[key]
+            body.read(indent, "value", path)
+            code(indent, f"_put_raw(raw, {key!r}, value)")
+
+
+def _generate_custom_data(code: _Code, body: _Body, parts: _Parts) -> None:
+    """Emit what `_custom_data` does, leaving `custom_data` (a dict, maybe empty)."""
+    constants = parts.constants
+    if set(parts.custom_data) & set(constants):
+        # A record type's paths over the base's constants (or the reverse): which wins and where it
+        # lands depends on the record, so this rare shape runs the interpreter's function.
+        converters = {
+            key: _raw_converter(path) if body.lean else None for key, path in parts.custom_data.items()
+        }
+        code(
+            1, f"custom_data, places = _custom_fields({code.const(parts)}, record, {code.const(converters)})"
+        )
+        code.namespace["_custom_fields"] = _custom_fields
+        if parts.contents is not None:
+            _generate_contents(code, body, parts.contents)
+        return
+    names = {key: code.var("c") for key in parts.custom_data}
+    money_raw: dict[str, tuple[str, int, int]] = {}
+    for key, path in parts.custom_data.items():
+        var = names[key]
+        decimals = [(k, node) for k, node in path.raw if k.endswith("-decimal")]
+        if (
+            body.lean
+            and key in _MONEY_KEYS
+            and len(decimals) == 1
+            and len(path.raw) == 1
+            and not path.raw_items
+        ):
+            # Left raw: `_money_from_raw` converts and rounds in one cached step.
+            k, node = decimals[0]
+            money_raw[key] = (k, int(node["precision"]), int(node.get("scale", 0)))
+            body.read(1, var, path, convert=False)
+        else:
+            body.read(1, var, path)
+        if key == "content_ids":
+            code(1, f"if {var} is not None:")
+            code(
+                2,
+                f"{var} = [str(v) for v in ({var} if isinstance({var}, list) else [{var}]) if v is not None]",
+            )
+        elif key == "currency":
+            code(1, f"if isinstance({var}, str):")
+            code(2, f"{var} = {var}.strip().upper()")
+        elif key in _TEXT_KEYS:
+            code(1, f"if isinstance({var}, (int, _UUID)):")
+            code(2, f"{var} = str({var})")
+    if "currency" in names:
+        # currency_minor_units() inlined: a currency's minor units (2 unless listed).
+        var = names["currency"]
+        code(1, f"places = _MINOR_UNITS.get({var}.upper(), 2) if isinstance({var}, str) else 2")
+    else:
+        currency = constants.get("currency")
+        code(1, f"places = {currency_minor_units(currency if isinstance(currency, str) else None)}")
+    code(1, "custom_data = {}")
+    for key, var in names.items():
+        code(1, f"if {var} is not None:")
+        if key in money_raw:
+            k, precision, scale = money_raw[key]
+            code(2, f"if type({var}) is bytes:")
+            code(3, f"custom_data[{key!r}] = _money_from_raw({var}, {k!r}, {precision}, {scale}, places)")
+            code(2, "else:")
+            code(3, f"custom_data[{key!r}] = _money({var}, places)")
+        elif key in _MONEY_KEYS:
+            code(2, f"custom_data[{key!r}] = _money({var}, places)")
+        else:
+            code(2, f"custom_data[{key!r}] = {var} if type({var}) is str else _json_value({var})")
+    for key, value in constants.items():
+        if key in _MONEY_KEYS:
+            code(1, f"custom_data[{key!r}] = _money({code.const(value)}, places)")
+        else:
+            # Constants are JSON scalars: what the interpreter converts them to, worked out once.
+            code(
+                1, f"custom_data[{key!r}] = {code.const(value if type(value) is str else _json_value(value))}"
+            )
+    if parts.contents is not None:
+        _generate_contents(code, body, parts.contents)
+
+
+def _generate_contents(code: _Code, body: _Body, spec: _Contents) -> None:
+    """Emit what `_add_contents` does (into `custom_data`, with `places`)."""
+    body.read(1, "items", spec.array)
+    code(1, "contents = []")
+    code(1, "count = 0")
+    code(1, "for item in items or ():")
+    code(2, "if item is None:")
+    code(3, "continue")
+    body.read(2, "value", spec.id, base="item")
+    code(2, "text_id = '' if value is None else str(value).strip()")
+    code(2, "if not text_id:")
+    code(3, "continue  # Meta needs an id per content; an item without one cannot be described")
+    code(2, "entry = {'id': text_id}")
+    if spec.quantity is not None:
+        body.read(2, "quantity", spec.quantity, base="item")
+        code(2, "if quantity is not None:")
+        code(3, "entry['quantity'] = quantity")
+    if spec.item_price is not None:
+        path = spec.item_price
+        decimals = [(k, node) for k, node in path.raw if k.endswith("-decimal")]
+        raw = body.lean and len(decimals) == 1 and len(path.raw) == 1 and not path.raw_items
+        body.read(2, "price", path, base="item", convert=not raw)
+        code(2, "if price is not None:")
+        if raw:
+            k, node = decimals[0]
+            precision, scale = int(node["precision"]), int(node.get("scale", 0))
+            code(3, "if type(price) is bytes:")
+            code(4, f"entry['item_price'] = _money_from_raw(price, {k!r}, {precision}, {scale}, places)")
+            code(3, "else:")
+            code(4, "entry['item_price'] = _money(price, places)")
+        else:
+            code(3, "entry['item_price'] = _money(price, places)")
+    if spec.delivery_category is not None:
+        body.read(2, "category", spec.delivery_category, base="item")
+        code(2, "if category is not None:")
+        code(3, "entry['delivery_category'] = category")
+    code(2, "contents.append(entry)")
+    code(
+        2,
+        "count += quantity if isinstance(quantity, int) else 1"
+        if spec.quantity is not None
+        else "count += 1",
+    )
+    code(1, "if contents:")
+    code(2, "custom_data['contents'] = contents")
+    if spec.num_items:
+        code(2, "custom_data['num_items'] = count")
+    if spec.content_type is not None:
+        code(2, f"custom_data['content_type'] = {code.const(spec.content_type)}")
+
+
 # --- the mapper -------------------------------------------------------------------------------------
 
 
@@ -588,6 +1175,7 @@ class Mapper:
         self._normalizer = normalizer
         self._clock = clock
         self._plans: dict[str, _Plan] = {}
+        self._functions: dict[str, tuple[Callable[[Mapping[str, Any]], MapResult], ...]] = {}
         problems: list[str] = []
         for name, topic in config.topics.items():
             schema = reader_schemas.get(name)
@@ -603,6 +1191,10 @@ class Mapper:
                 self._plans[name] = plan
         if problems:
             raise ConfigError(problems)
+        for name, plan in self._plans.items():
+            self._functions[name] = tuple(
+                _generate(plan, normalizer, clock, lean=lean) for lean in (False, True)
+            )
 
     @classmethod
     def from_config(cls, config: AppConfig, *, clock: Callable[[], float] = time.time) -> Mapper:
@@ -619,13 +1211,31 @@ class Mapper:
         """The effective mapping of `topic` (the built-in one for canonical kinds)."""
         return self._plans[topic].spec
 
-    def map(self, topic: str, record: Mapping[str, Any]) -> MapResult:
-        """Map one decoded record of `topic` (KeyError for a topic that is not configured)."""
+    def map(self, topic: str, record: Mapping[str, Any], *, raw_logical: bool = False) -> MapResult:
+        """Map one decoded record of `topic` (KeyError for a topic that is not configured).
+
+        `raw_logical`: the record comes from `Decoder.decode_lean` with its timestamps, dates and
+        decimals left raw (that method's True), to be read as the topic's reader schema declares.
+        Runs the function generated for the topic (see "generated mapping functions").
+        """
+        function = self._functions[topic][raw_logical]
+        try:
+            return function(record)
+        except _Reject as exc:
+            return Rejected("map", exc.reason, exc.detail)
+
+    def interpret(self, topic: str, record: Mapping[str, Any]) -> MapResult:
+        """What `map` does for a record decoded with its logical types converted, by reading the plan
+        field by field: the reference the generated functions are tested against (slower)."""
         plan = self._plans[topic]
         try:
             return self._map(plan, record)
         except _Reject as exc:
             return Rejected("map", exc.reason, exc.detail)
+
+    def generated_source(self, topic: str, *, raw_logical: bool = False) -> str:
+        """The Python source of `topic`'s generated mapping function (for debugging and tests)."""
+        return self._functions[topic][raw_logical].__doc__ or ""
 
     def _map(self, plan: _Plan, record: Mapping[str, Any]) -> MapResult:
         type_key: str | None = None
@@ -692,27 +1302,32 @@ class Mapper:
     @staticmethod
     def _event_time(plan: _Plan, record: Mapping[str, Any]) -> int:
         """event_time in whole Unix seconds (floored) from the configured field and unit."""
-        path, unit = plan.event_time, plan.time_unit
+        path = plan.event_time
         value = path.get(record)
         if value is None:
             raise _Reject(MISSING_EVENT_TIME, f"{path.text} is null")
-        if isinstance(value, dt.datetime):
-            if value.tzinfo is None:
-                raise _Reject(INVALID_EVENT_TIME, f"{path.text} has no time zone")
-            return math.floor(value.timestamp())
-        if unit == "iso8601":
-            try:
-                parsed = dt.datetime.fromisoformat(str(value))
-            except ValueError:
-                raise _Reject(INVALID_EVENT_TIME, f"{path.text} is not ISO-8601") from None
-            if parsed.tzinfo is None:
-                raise _Reject(INVALID_EVENT_TIME, f"{path.text} has no UTC offset")
-            return math.floor(parsed.timestamp())
-        if isinstance(value, int) and not isinstance(value, bool):
-            divisor = {"seconds": 1, "millis": 1000, "micros": 1_000_000}.get(unit)
-            if divisor is not None:
-                return value // divisor
-        raise _Reject(INVALID_EVENT_TIME, f"{path.text} is not a {unit} timestamp")
+        return _event_time_of(value, path.text, plan.time_unit)
+
+
+def _event_time_of(value: Any, text: str, unit: str) -> int:
+    """event_time in whole Unix seconds (floored) from the non-null value of field `text`."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise _Reject(INVALID_EVENT_TIME, f"{text} has no time zone")
+        return math.floor(value.timestamp())
+    if unit == "iso8601":
+        try:
+            parsed = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            raise _Reject(INVALID_EVENT_TIME, f"{text} is not ISO-8601") from None
+        if parsed.tzinfo is None:
+            raise _Reject(INVALID_EVENT_TIME, f"{text} has no UTC offset")
+        return math.floor(parsed.timestamp())
+    if isinstance(value, int) and not isinstance(value, bool):
+        divisor = {"seconds": 1, "millis": 1000, "micros": 1_000_000}.get(unit)
+        if divisor is not None:
+            return value // divisor
+    raise _Reject(INVALID_EVENT_TIME, f"{text} is not a {unit} timestamp")
 
 
 def _event_id(path: _Path, record: Mapping[str, Any]) -> str:
@@ -787,11 +1402,26 @@ def _raw_user_data(plan: _Plan, record: Mapping[str, Any]) -> dict[str, object]:
 
 
 def _custom_data(parts: _Parts, record: Mapping[str, Any]) -> dict[str, Any]:
+    out, places = _custom_fields(parts, record, {})
+    if parts.contents is not None:
+        # Added after the conversion in _custom_fields: the entries are built JSON-ready.
+        _add_contents(out, parts.contents, record, places)
+    return out
+
+
+def _custom_fields(
+    parts: _Parts, record: Mapping[str, Any], converters: Mapping[str, Callable[[Any], Any] | None]
+) -> tuple[dict[str, Any], int]:
+    """custom_data without contents, and the currency's minor units. `converters`: per key, what
+    turns a raw value of a lean-decoded record into the decoded one."""
     data: dict[str, Any] = {}
     for key, path in parts.custom_data.items():
         value = path.get(record)
         if value is None:
             continue
+        convert = converters.get(key)
+        if convert is not None:
+            value = convert(value)
         if key == "content_ids":
             # Meta takes content_ids as a list of strings; one plan or SKU field becomes a 1-element list.
             value = [str(v) for v in (value if isinstance(value, list) else [value]) if v is not None]
@@ -811,10 +1441,7 @@ def _custom_data(parts: _Parts, record: Mapping[str, Any]) -> dict[str, Any]:
             out[k] = v
         else:
             out[k] = _json_value(v)
-    if parts.contents is not None:
-        # Added after the conversion above: the entries are built JSON-ready.
-        _add_contents(out, parts.contents, record, places)
-    return out
+    return out, places
 
 
 def _add_contents(data: dict[str, Any], spec: _Contents, record: Mapping[str, Any], places: int) -> None:

@@ -131,13 +131,14 @@ _HASHED: Final = frozenset(HASHED_FIELDS)
 _PASSTHROUGH: Final = frozenset(UNHASHED_FIELDS) | frozenset(MESSAGING_FIELDS)
 # Only these rules read the country; keying the cache on the hint for the others would split hits.
 _HINTED: Final = frozenset({"ph", "st", "zp"})
-# Dates of birth depend on "today", so a cached verdict could go stale; parsing them is cheap anyway.
+# Dates of birth depend on "today": they have a cache of their own, keyed on today's date too.
 # Unhashed pass-through IDs (fbp, fbc, user agent, ...) cost a trim: a cache hit is no cheaper, and as
 # they are often unique per event they would only evict repeat customers' hashes (client_ip_address,
 # which needs a parse, stays cached).
-_UNCACHED: Final = frozenset({"db"}) | (frozenset(UNHASHED_FIELDS) | frozenset(MESSAGING_FIELDS)) - {
-    "client_ip_address"
-}
+_PLAIN: Final = (frozenset(UNHASHED_FIELDS) | frozenset(MESSAGING_FIELDS)) - {"client_ip_address"}
+_BIRTHDAY_TYPES: Final = frozenset({str, int, dt.date, dt.datetime})
+"""The exact types `_normalize` hands to the birthday cache (not bool, not other subclasses)."""
+_UNCACHED: Final = frozenset({"db"}) | _PLAIN
 
 _HEX_RE: Final = re.compile(r"[0-9a-fA-F]+")
 _EMAIL_RE: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -210,6 +211,24 @@ class UserDataResult:
     omitted: tuple[Omission, ...]
 
 
+MEMO_FIELDS: Final[frozenset[str]] = frozenset(HASHED_FIELDS) - {"ph", "db"}
+"""The identifiers a repeat customer's memo (`Normalizer.memo`) is keyed on: those that stay the same
+from one order of a customer to the next. Phone numbers are left out (typed differently from order to
+order, and random per order in the benchmark's workload, they would make every key new), and so are
+dates of birth (their verdict depends on today's date); both go through the identifier cache."""
+
+
+@dataclass(frozen=True, slots=True)
+class Memoized:
+    """What `Normalizer.user_data` makes of a customer's memoized identifiers (see `Normalizer.memo`):
+    the country hint for the other identifiers, and for each run of consecutive memoized keys (in the
+    mapping's key order) its part of user_data and its omissions. Shared between events: read-only."""
+
+    hint: str | None
+    parts: tuple[dict[str, str | list[str]], ...]
+    omitted: tuple[tuple[Omission, ...], ...]
+
+
 def sha256_hex(text: str) -> str:
     """SHA-256 of the UTF-8 bytes of `text`, lowercase hex (64 characters)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -227,11 +246,16 @@ def _is_hex(text: str, length: int) -> bool:
 
 
 def _keep_categories(text: str, ascii_re: re.Pattern[str], keep: Callable[[str], bool]) -> str:
-    """`text` (already lowercase) reduced to the characters `keep` accepts."""
+    """`text` (already lowercase) reduced to the characters `keep` accepts.
+
+    Not composed again afterwards: the contract applies NFC before lowercasing and filtering, never
+    after, and Meta's Pixel applies none (a lowercase letter can have a precomposed form its capital
+    lacks, e.g. Greek capital upsilon + combining comma above, so composing after lowercasing would
+    hash differently from the Pixel).
+    """
     if text.isascii():
         return ascii_re.sub("", text)
-    # Dropping a character can leave a base letter next to a combining mark, hence the final NFC.
-    return unicodedata.normalize("NFC", "".join(ch for ch in text if keep(ch)))
+    return "".join(ch for ch in text if keep(ch))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -254,8 +278,9 @@ def _letters_marks(text: str) -> str:
 
 
 def _country_key(text: str) -> str:
-    """Lookup key for a country code or name: lowercase letters and marks only."""
-    return _letters_marks(_nfc(text).lower())
+    """Lookup key for a country code or name: lowercase letters and marks only, composed (a key, not a
+    hashed output: codes and names compare equal whichever way their accents were written)."""
+    return _nfc(_letters_marks(_nfc(text).lower()))
 
 
 def _strip_accents(text: str) -> str:
@@ -399,11 +424,20 @@ class Normalizer:
     `default_phone_region` (ISO code or name) parses national phone numbers when the event carries no
     country. `hash_external_id=False` sends `external_id` trimmed but unhashed, for sites whose Pixel
     sends it raw. Results are kept in an LRU cache of `cache_size` entries (0 disables it) so that
-    repeat customers cost one dict lookup. `clock` returns Unix seconds and decides which birth dates
-    lie in the future.
+    repeat customers cost one dict lookup (birthdays in one of `cache_size // 4` entries, keyed on the
+    day too); `memo_size` bounds the memo of whole customers (`memo`). `clock` returns Unix seconds and
+    decides which birth dates lie in the future.
     """
 
-    __slots__ = ("_clock", "_compute", "_hash_external_id", "_phone_default", "_today_at")
+    __slots__ = (
+        "_birthday",
+        "_clock",
+        "_compute",
+        "_hash_external_id",
+        "_memo_size",
+        "_phone_default",
+        "_today_at",
+    )
 
     def __init__(
         self,
@@ -411,6 +445,7 @@ class Normalizer:
         default_phone_region: str | None = None,
         hash_external_id: bool = True,
         cache_size: int = 65536,
+        memo_size: int = 8192,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._phone_default: str | None = None
@@ -422,10 +457,20 @@ class Normalizer:
         self._hash_external_id = hash_external_id
         self._clock = clock
         self._today_at: tuple[int, dt.date] = (-1, dt.date.min)
-        if cache_size < 0:
-            raise ValueError("cache_size must be >= 0")
+        if cache_size < 0 or memo_size < 0:
+            raise ValueError("cache_size and memo_size must be >= 0")
+        # The memo serves what the identifier cache serves, so it is off whenever that is.
+        self._memo_size = memo_size if cache_size else 0
         compute: Callable[[str, object, str | None], Normalized | Omission] = self._uncached
         self._compute = functools.lru_cache(maxsize=cache_size)(compute) if cache_size else compute
+        birthday: Callable[[object, dt.date], Normalized | Omission] = self._birthday_uncached
+        # Keyed on (value, today); typed: a date and the equal datetime are different keys. A quarter of
+        # the entries: there are far fewer birthdays than e-mail addresses.
+        self._birthday = (
+            functools.lru_cache(maxsize=max(1, cache_size // 4), typed=True)(birthday)
+            if cache_size
+            else birthday
+        )
 
     def normalize(
         self, field: str, value: object, *, country_hint: str | None = None
@@ -448,41 +493,142 @@ class Normalizer:
         The normalized `country` of the same mapping is the country hint for ph, st and zp. Hashed keys
         come out as a string for one value and a de-duplicated list, in input order, for several.
         """
-        hint: str | None = None
-        for value in _values(raw.get("country")):
-            result = self._normalize("country", value, None)
-            if isinstance(result, Normalized):
-                # country_code() also maps a pre-hashed country back to its code.
-                hint = country_code(result.normalized)
-                break
+        hint = self._hint(raw.get("country"))
         out: dict[str, str | list[str]] = {}
         omitted: list[Omission] = []
         for field, raw_value in raw.items():
-            if raw_value is None:
-                continue
-            if type(raw_value) is str:
-                # One text value (the common case): what the general path below does for a 1-element list.
-                result = self._normalize(field, raw_value, hint)
+            self.add(field, raw_value, hint, out, omitted)
+        return UserDataResult(out, tuple(omitted))
+
+    def identifier(self, field: str, value: object, hint: str | None) -> Normalized | Omission:
+        """One raw value of `field` as `user_data` normalizes it; `hint` is the lowercase ISO code that
+        `user_data` derives from the same event's country (`Memoized.hint`), or None."""
+        return self._normalize(field, value, hint)
+
+    def memo(self, runs: tuple[tuple[str, ...], ...]) -> Callable[..., Memoized] | None:
+        """A bounded memo of what `user_data` makes of a customer's identifiers, for one mapping.
+
+        `runs` are the mapping's keys of MEMO_FIELDS (each taken from one scalar field), grouped in runs
+        of keys that are consecutive in the mapping's key order. The returned function takes their raw
+        values (None when absent), flattened in that order, as positional arguments and returns the
+        `Memoized` result, computed on the first call and then kept in an LRU of `memo_size` entries:
+        a repeat customer costs one lookup instead of one per identifier. Arguments are compared with
+        their types (1 and True, "1" and 1 are different keys); values must be hashable. The other
+        keys of the mapping (phone, birthday, browser IDs) are normalized per event with `identifier`
+        and `Memoized.hint`. Without the country among the keys the hint is None. Returns None when
+        caching is off (`cache_size=0` or `memo_size=0`).
+        """
+        if not self._memo_size:
+            return None
+        keys = tuple(key for run in runs for key in run)
+        if not keys or len(set(keys)) != len(keys) or not set(keys) <= MEMO_FIELDS:
+            raise ValueError("memo keys must be distinct keys of MEMO_FIELDS")
+
+        def compute(*values: object) -> Memoized:
+            raw = dict(zip(keys, values, strict=True))
+            hint = self._hint(raw.get("country"))
+            parts: list[dict[str, str | list[str]]] = []
+            omissions: list[tuple[Omission, ...]] = []
+            for run in runs:
+                out: dict[str, str | list[str]] = {}
+                omitted: list[Omission] = []
+                for key in run:
+                    self.add(key, raw[key], hint, out, omitted)
+                parts.append(out)
+                omissions.append(tuple(omitted))
+            return Memoized(hint, tuple(parts), tuple(omissions))
+
+        return functools.lru_cache(maxsize=self._memo_size, typed=True)(compute)
+
+    def adder(
+        self, field: str
+    ) -> Callable[[object, str | None, dict[str, str | list[str]], list[Omission]], None]:
+        """`add` for one field, `adder(field)(raw_value, hint, out, omitted)`, with the common case (one
+        text value) done in one call: for the identifiers that change from event to event."""
+        add = self.add
+        if field in _PLAIN:
+
+            def add_plain(
+                raw_value: object, hint: str | None, out: dict[str, str | list[str]], omitted: list[Omission]
+            ) -> None:
+                if type(raw_value) is not str:
+                    add(field, raw_value, hint, out, omitted)
+                    return
+                text = (raw_value if raw_value.isascii() else unicodedata.normalize("NFC", raw_value)).strip()
+                if text:
+                    out[field] = text
+                else:
+                    omitted.append(Omission(field, EMPTY))
+
+            return add_plain
+        if field in _HASHED or field in _PASSTHROUGH:
+            compute = self._compute
+            hinted = field in _HINTED
+            birthday = field == "db"
+
+            def add_one(
+                raw_value: object, hint: str | None, out: dict[str, str | list[str]], omitted: list[Omission]
+            ) -> None:
+                kind = type(raw_value)
+                if birthday and kind in _BIRTHDAY_TYPES:
+                    # What `_normalize` does with one of these (a date from Avro, mostly).
+                    result = self._birthday(raw_value, self._today())
+                elif kind is str:
+                    result = compute(field, raw_value, hint if hinted else None)
+                else:
+                    add(field, raw_value, hint, out, omitted)
+                    return
                 if isinstance(result, Omission):
                     omitted.append(result)
                 else:
                     out[field] = result.value
-                continue
-            sent: list[str] = []
-            for value in _values(raw_value):
-                result = self._normalize(field, value, hint)
-                if isinstance(result, Omission):
-                    omitted.append(result)
-                elif result.value not in sent:
-                    sent.append(result.value)
-            if not sent:
-                continue
-            if field in _HASHED:
-                out[field] = sent[0] if len(sent) == 1 else sent
+
+            return add_one
+        return functools.partial(add, field)
+
+    def _hint(self, country: object) -> str | None:
+        """The country hint for ph, st and zp: the first of the raw `country` values that normalizes."""
+        for value in _values(country):
+            result = self._normalize("country", value, None)
+            if isinstance(result, Normalized):
+                # country_code() also maps a pre-hashed country back to its code.
+                return country_code(result.normalized)
+        return None
+
+    def add(
+        self,
+        field: str,
+        raw_value: object,
+        hint: str | None,
+        out: dict[str, str | list[str]],
+        omitted: list[Omission],
+    ) -> None:
+        """What `user_data` does with one key: its raw value(s) normalized into `out` (the key set once
+        anything is left) and `omitted` (appended to); `hint` as for `identifier`."""
+        if raw_value is None:
+            return
+        if type(raw_value) is str:
+            # One text value (the common case): what the general path below does for a 1-element list.
+            result = self._normalize(field, raw_value, hint)
+            if isinstance(result, Omission):
+                omitted.append(result)
             else:
-                out[field] = sent[0]
-                omitted.extend(Omission(field, MULTIPLE_VALUES) for _ in sent[1:])
-        return UserDataResult(out, tuple(omitted))
+                out[field] = result.value
+            return
+        sent: list[str] = []
+        for value in _values(raw_value):
+            result = self._normalize(field, value, hint)
+            if isinstance(result, Omission):
+                omitted.append(result)
+            elif result.value not in sent:
+                sent.append(result.value)
+        if not sent:
+            return
+        if field in _HASHED:
+            out[field] = sent[0] if len(sent) == 1 else sent
+        else:
+            out[field] = sent[0]
+            omitted.extend(Omission(field, MULTIPLE_VALUES) for _ in sent[1:])
 
     def _normalize(self, field: str, value: object, hint: str | None) -> Normalized | Omission:
         if type(value) is str and field not in _UNCACHED:
@@ -492,9 +638,15 @@ class Normalizer:
             return Omission(field, INVALID_TYPE)
         if isinstance(value, dt.date) and field != "db":
             return Omission(field, INVALID_TYPE)
+        if field == "db":
+            return self._birthday(value, self._today())
         if field in _UNCACHED:
             return self._uncached(field, value, None)
         return self._compute(field, value, hint if field in _HINTED else None)
+
+    def _birthday_uncached(self, value: object, today: dt.date) -> Normalized | Omission:
+        """`db` judged against `today` (the key of its cache next to the value)."""
+        return self._hashed("db", value, None, today)
 
     def _uncached(self, field: str, value: object, hint: str | None) -> Normalized | Omission:
         if field in _HASHED:
@@ -514,10 +666,12 @@ class Normalizer:
                 return Omission(field, INVALID_IP)
         return Normalized(field, text, text)
 
-    def _hashed(self, field: str, value: object, hint: str | None) -> Normalized | Omission:
+    def _hashed(
+        self, field: str, value: object, hint: str | None, today: dt.date | None = None
+    ) -> Normalized | Omission:
         if isinstance(value, dt.date):
             # Only db takes dates (see _normalize); there is no text to trim or to find a hash in.
-            return self._ruled(field, value, hint)
+            return self._ruled(field, value, hint, today)
         text = _nfc(str(value)).strip()
         if not text:
             return Omission(field, EMPTY)
@@ -531,10 +685,12 @@ class Normalizer:
             return Normalized(field, text, sha256_hex(text) if self._hash_external_id else text)
         if _is_hex(text, 32):
             return Omission(field, MD5_NOT_ACCEPTED)
-        return self._ruled(field, text, hint)
+        return self._ruled(field, text, hint, today)
 
-    def _ruled(self, field: str, value: str | dt.date, hint: str | None) -> Normalized | Omission:
-        normalized = self._apply_rule(field, value, hint)
+    def _ruled(
+        self, field: str, value: str | dt.date, hint: str | None, today: dt.date | None = None
+    ) -> Normalized | Omission:
+        normalized = self._apply_rule(field, value, hint, today)
         if isinstance(normalized, _Fail):
             return Omission(field, normalized.reason)
         # A rule can distil garbage into 32 hex characters; omitting it keeps the rules idempotent.
@@ -551,14 +707,16 @@ class Normalizer:
             self._today_at = (second, today)
         return self._today_at[1]
 
-    def _apply_rule(self, field: str, value: str | dt.date, hint: str | None) -> str | _Fail:
-        """The field rule applied to trimmed NFC text (or a date for `db`): normalized text or a failure."""
+    def _apply_rule(
+        self, field: str, value: str | dt.date, hint: str | None, today: dt.date | None = None
+    ) -> str | _Fail:
+        """The field rule applied to trimmed NFC text (or a date for `db`, judged against `today`,
+        default the clock's): normalized text or a failure."""
         if field == "db":
-            today = self._today()
-            return _birth_date(value, today)
+            return _birth_date(value, self._today() if today is None else today)
         text = str(value)
         if field == "em":
-            email = _nfc(text.lower())
+            email = text.lower()  # `text` is NFC already; lowercased after it, not composed again
             return email if _EMAIL_RE.fullmatch(email) else _FAILS[INVALID_EMAIL]
         if field == "ph":
             region = hint.upper() if hint is not None else None
@@ -578,7 +736,7 @@ class Normalizer:
                 return _FAILS[INVALID_STATE]
             return US_STATE_CODES.get(state, state) if hint in (None, "us") else state
         if field == "zp":
-            zip_code = _ZIP_DROP_RE.sub("", _nfc(text.lower()))
+            zip_code = _ZIP_DROP_RE.sub("", text.lower())
             if not zip_code:
                 return _FAILS[INVALID_ZIP]
             if hint in (None, "us") and zip_code.isascii() and zip_code.isdigit() and len(zip_code) in (5, 9):

@@ -24,10 +24,11 @@ Processed = Mapped | Filtered | Rejected | Undecodable
 def process_record(decoder: Decoder, mapper: Mapper, topic: str, value: bytes | None) -> Processed:
     """Decode `value` with `topic`'s schemas and map it with `topic`'s mapping."""
     try:
-        record = decoder.decode(topic, value)
+        # Timestamps, dates and decimals left raw where the mapping can read them so (cheaper).
+        record, raw_logical = decoder.decode_lean(topic, value)
     except PipelineError as exc:
         return Undecodable(exc.failure)
-    return mapper.map(topic, record)
+    return mapper.map(topic, record, raw_logical=raw_logical)
 
 
 def rejection_failure(result: Rejected) -> Failure:

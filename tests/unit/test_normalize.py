@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import unicodedata
 
 import pycountry
 import pytest
 
 from consumer.normalize import (
     HASHED_FIELDS,
+    MEMO_FIELDS,
     OMISSION_REASONS,
     SHA256_OF_EMPTY,
     UNHASHED_FIELDS,
     Normalized,
     Normalizer,
     Omission,
+    UserDataResult,
     country_code,
 )
 from consumer.us_states import US_STATE_CODES
@@ -181,9 +184,42 @@ def test_names_keep_digits_cities_do_not() -> None:
     assert normalized(norm("ct", "Paris 8e")) == "parise"
 
 
-def test_removing_punctuation_recomposes_accents() -> None:
-    # "e", "-", combining acute: once the dash goes the accent belongs to the e (NFC é).
-    assert normalized(norm("ln", "e-\u0301")) == "\u00e9"
+def test_removing_punctuation_does_not_recompose_accents() -> None:
+    # "e", "-", combining acute: NFC comes first (nothing to compose while the dash separates them),
+    # then lowercase and filtering; composing again afterwards would hash differently from the Pixel.
+    assert normalized(norm("ln", "e-\u0301")) == "e\u0301"
+
+
+# Capital letters + a combining mark with no precomposed capital form, whose lowercase does have one:
+# NFC leaves the capital decomposed, lowercasing then yields a sequence NFC would compose. The contract
+# (NFC, trim, then the field rule's lowercase) keeps it decomposed, as Meta's Pixel (no NFC) does.
+GREEK_CAPITAL_UPSILON_PSILI = "\u03a5\u0313"  # -> "\u03c5\u0313", composed it would be U+1F50
+LATIN_CAPITAL_J_CARON = "J\u030c"  # -> "j\u030c", composed it would be U+01F0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        (
+            "fn",
+            GREEK_CAPITAL_UPSILON_PSILI + "\u03c8\u03b7\u03bb\u03ae",
+            "\u03c5\u0313\u03c8\u03b7\u03bb\u03ae",
+        ),
+        ("ln", LATIN_CAPITAL_J_CARON + "ames", "j\u030cames"),
+        ("ct", GREEK_CAPITAL_UPSILON_PSILI + "\u03b4\u03c1\u03b1", "\u03c5\u0313\u03b4\u03c1\u03b1"),
+        ("em", LATIN_CAPITAL_J_CARON + "@Example.com", "j\u030c@example.com"),
+        ("zp", GREEK_CAPITAL_UPSILON_PSILI + "-12", "\u03c5\u031312"),
+    ],
+)
+def test_hashed_text_is_lowercased_after_nfc_and_not_composed_again(
+    field: str, value: str, expected: str
+) -> None:
+    assert unicodedata.is_normalized("NFC", value)  # the input is NFC already: no composition to do
+    assert not unicodedata.is_normalized("NFC", expected)  # composing the output would change it
+    result = norm(field, value)
+    assert normalized(result) == expected
+    assert isinstance(result, Normalized) and result.value == sha(expected)
+    assert result.value != sha(unicodedata.normalize("NFC", expected))
 
 
 @pytest.mark.parametrize(("value", "expected"), [("F", "f"), ("Woman", "f"), ("man", "m"), (" M. ", "m")])
@@ -383,3 +419,87 @@ def test_the_cache_can_be_disabled() -> None:
     normalizer = Normalizer(cache_size=0)
     assert normalized(normalizer.normalize("em", "A@B.co")) == "a@b.co"
     assert normalizer.cache_stats() == (0, 0, 0)
+
+
+# --- a repeat customer's memo (Normalizer.memo) -------------------------------------------------------
+
+MEMO_RUNS = (("external_id", "em"), ("fn", "ln", "ge", "ct", "st", "zp", "country"))
+
+
+def _memo_and_user_data(
+    normalizer: Normalizer, values: dict[str, object], per_event: dict[str, object]
+) -> tuple[dict[str, object], tuple[Omission, ...], UserDataResult]:
+    """user_data assembled from the memo (the way the generated mapping does) and from `user_data`."""
+    memo = normalizer.memo(MEMO_RUNS)
+    assert memo is not None
+    memoized = memo(*(values.get(key) for run in MEMO_RUNS for key in run))
+    out: dict[str, object] = dict(memoized.parts[0])
+    omitted: list[Omission] = list(memoized.omitted[0])
+    for key, value in per_event.items():  # between the two runs, like ph in the canonical mappings
+        normalizer.adder(key)(value, memoized.hint, out, omitted)  # type: ignore[arg-type]
+    out.update(memoized.parts[1])
+    omitted += memoized.omitted[1]
+    raw = {"external_id": values.get("external_id"), "em": values.get("em"), **per_event}
+    raw.update({key: values.get(key) for key in MEMO_RUNS[1]})
+    return out, tuple(omitted), normalizer.user_data(raw)
+
+
+@pytest.mark.parametrize(
+    ("values", "per_event"),
+    [
+        (
+            {
+                "external_id": "c-1",
+                "em": " A@B.co ",
+                "fn": "Zoë",
+                "ge": "F",
+                "st": "California",
+                "country": "US",
+            },
+            {"ph": "(650) 555-1212", "db": dt.date(1990, 1, 2), "client_ip_address": "203.0.113.9"},
+        ),
+        (
+            {"em": "bad", "st": "Georgia", "country": "Georgia", "zp": "0171"},
+            {"ph": "0171 2345678", "fbp": " "},
+        ),
+        ({"external_id": 42, "ln": "!!"}, {"ph": "+44 20 7946 0958", "db": "1990-02-30", "fbc": "fb.1.2.x"}),
+        ({}, {"client_user_agent": "Mozilla/5.0", "db": "02/03/1990"}),
+    ],
+)
+def test_the_memo_gives_what_user_data_gives(values: dict[str, object], per_event: dict[str, object]) -> None:
+    normalizer = Normalizer(default_phone_region="US", clock=lambda: NOW_2026)
+    for _ in range(2):  # computed, then served from the memo
+        out, omitted, expected = _memo_and_user_data(normalizer, values, per_event)
+        assert out == expected.user_data and list(out) == list(expected.user_data)
+        assert omitted == expected.omitted
+
+
+def test_the_memo_is_bounded_and_keeps_value_types_apart() -> None:
+    normalizer = Normalizer(memo_size=2)
+    memo = normalizer.memo((("external_id", "em"),))
+    assert memo is not None
+    for em in ("a@b.co", "c@d.co", "e@f.co", "e@f.co"):
+        memo("c-1", em)
+    info = memo.cache_info()  # type: ignore[attr-defined]
+    assert (info.hits, info.misses, info.currsize, info.maxsize) == (1, 3, 2, 2)
+    assert memo(1, None).parts[0] == {"external_id": sha("1")}
+    assert memo(True, None).omitted[0] == (Omission("external_id", "invalid_type"),)  # not 1's entry
+    assert memo("1", None).parts[0] == {"external_id": sha("1")}
+    assert memo.cache_info().currsize == 2  # type: ignore[attr-defined]
+
+
+def test_the_memo_is_off_with_the_cache_and_takes_only_memo_fields() -> None:
+    assert Normalizer(cache_size=0).memo(MEMO_RUNS) is None
+    assert Normalizer(memo_size=0).memo(MEMO_RUNS) is None
+    with pytest.raises(ValueError, match="MEMO_FIELDS"):
+        Normalizer().memo((("em", "ph"),))  # a phone changes from order to order: never memoized
+    assert "ph" not in MEMO_FIELDS and "db" not in MEMO_FIELDS
+
+
+def test_birthdays_are_cached_per_day() -> None:
+    clock = [NOW_2026]
+    normalizer = Normalizer(clock=lambda: clock[0])
+    tomorrow = (dt.datetime.fromtimestamp(NOW_2026, dt.UTC) + dt.timedelta(days=1, hours=14)).date()
+    assert reason(normalizer.normalize("db", tomorrow)) == "date_out_of_range"
+    clock[0] += 2 * 86_400  # two days later it is a birthday of the past, whatever was cached
+    assert normalized(normalizer.normalize("db", tomorrow)) == tomorrow.strftime("%Y%m%d")

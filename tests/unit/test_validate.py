@@ -9,12 +9,15 @@ import pytest
 
 from consumer.validate import (
     ACTION_SOURCES,
+    BROAD_USER_DATA_COMBINATIONS,
     MAX_EVENT_AGE_S,
     MAX_FUTURE_S,
     MAX_PHYSICAL_STORE_AGE_S,
     REJECTION_REASONS,
     Rejection,
+    _check_keys,
     validate_event,
+    validate_mapped_event,
 )
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -213,3 +216,38 @@ def test_details_never_contain_user_values() -> None:
         rejection = validate_event(ev, now=NOW)
         assert rejection is not None
         assert raw_email not in rejection.detail
+
+
+def test_the_matching_baseline_shortcut_decides_as_the_combinations_do() -> None:
+    # _check_keys first passes key sets with a key outside every broad combination; every subset of
+    # their union (with and without such a key) must still be judged as the combinations judge it.
+    union = sorted(frozenset().union(*BROAD_USER_DATA_COMBINATIONS))
+    for mask in range(2 ** len(union)):
+        subset = {key for i, key in enumerate(union) if mask >> i & 1}
+        for keys in (subset, subset | {"em"}, subset | {"fbp"}):
+            broad = not keys or any(keys <= combination for combination in BROAD_USER_DATA_COMBINATIONS)
+            rejection = _check_keys(keys)
+            assert (rejection is not None) == broad, keys
+
+
+def test_validating_a_mapped_event_skips_only_what_the_mapping_guarantees() -> None:
+    now = NOW
+    cases = [
+        event(),
+        event(event_time=int(NOW) - 8 * 86_400),
+        event(event_time=int(NOW) + 120),
+        event(user_data={"ge": EM}),
+        event(custom_data={"currency": "EUR"}),
+        event(custom_data={"value": 1.0, "currency": "XXY"}),
+        event(action_source="physical_store", event_time=int(NOW) - 8 * 86_400),
+        event(action_source="website", event_source_url="https://x.example/"),
+        event(
+            action_source="website",
+            event_source_url="ftp://x",
+            user_data={"em": EM, "client_user_agent": "UA"},
+        ),
+        event(action_source="app"),
+        event(action_source="business_messaging"),
+    ]
+    for ev in cases:
+        assert validate_mapped_event(ev, now=now) == validate_event(ev, now=now, normalized=True)
