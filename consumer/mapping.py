@@ -62,7 +62,7 @@ from consumer.config import (
     MappingSpec,
     TopicConfig,
 )
-from consumer.normalize import MEMO_FIELDS, Normalizer, Omission
+from consumer.normalize import MEMO_FIELDS, Memoized, Normalizer, Omission
 from consumer.validate import is_http_url, validate_event, validate_mapped_event
 
 __all__ = [
@@ -760,9 +760,15 @@ def _memo_runs(plan: _Plan) -> tuple[tuple[str, ...], ...] | None:
 
 
 def _generate(
-    plan: _Plan, normalizer: Normalizer, clock: Callable[[], float], *, lean: bool
+    plan: _Plan,
+    normalizer: Normalizer,
+    clock: Callable[[], float],
+    memo: Callable[..., Memoized] | None,
+    *,
+    lean: bool,
 ) -> Callable[[Mapping[str, Any]], MapResult]:
-    """The mapping function of `plan` (for lean-decoded records when `lean`)."""
+    """The mapping function of `plan` (for lean-decoded records when `lean`); `memo` is the plan's
+    memo of repeat customers (`Normalizer.memo` over `_memo_runs(plan)`), shared by its functions."""
     namespace: dict[str, Any] = {
         "_Reject": _Reject,
         "Filtered": Filtered,
@@ -782,10 +788,10 @@ def _generate(
         "_user_data": normalizer.user_data,
     }
     code = _Code(namespace)
-    _generate_body(code, "_body", plan, plan.base, normalizer, lean)
+    _generate_body(code, "_body", plan, plan.base, normalizer, memo, lean)
     per_type = {}
     for i, (type_key, parts) in enumerate(plan.per_type.items()):
-        per_type[type_key] = _generate_body(code, f"_body_{i}", plan, parts, normalizer, lean)
+        per_type[type_key] = _generate_body(code, f"_body_{i}", plan, parts, normalizer, memo, lean)
 
     code(0, "def _map(record):")
     if plan.name_path is not None:
@@ -834,7 +840,13 @@ def _generate(
 
 
 def _generate_body(
-    code: _Code, name: str, plan: _Plan, parts: _Parts, normalizer: Normalizer, lean: bool
+    code: _Code,
+    name: str,
+    plan: _Plan,
+    parts: _Parts,
+    normalizer: Normalizer,
+    memo: Callable[..., Memoized] | None,
+    lean: bool,
 ) -> str:
     """Emit `def <name>(record, event_name)`: the event of a record whose name and filters passed."""
     body = _Body(code, lean)
@@ -884,7 +896,7 @@ def _generate_body(
             code(3, "else:")
             code(4, f"url_omitted = ({code.const(Omission('event_source_url', INVALID_URL))},)")
 
-    _generate_user_data(code, body, plan, normalizer)
+    _generate_user_data(code, body, plan, normalizer, memo)
     code(1, "event['user_data'] = user_data")
     _generate_custom_data(code, body, parts)
     code(1, "if custom_data:")
@@ -924,17 +936,17 @@ def _generate_body(
     return name
 
 
-def _generate_user_data(code: _Code, body: _Body, plan: _Plan, normalizer: Normalizer) -> None:
+def _generate_user_data(
+    code: _Code, body: _Body, plan: _Plan, normalizer: Normalizer, memo: Callable[..., Memoized] | None
+) -> None:
     """Emit code leaving `user_data` (a dict) and `user_data_omitted` (a tuple)."""
     runs = _memo_runs(plan)
-    memo = normalizer.memo(runs) if runs is not None else None
-    if memo is None:
+    if memo is None or runs is None:
         _generate_raw_user_data(code, body, plan, 1)
         code(1, "result = _user_data(raw)")
         code(1, "user_data = result.user_data")
         code(1, "user_data_omitted = result.omitted")
         return
-    assert runs is not None
     memoized = [key for run in runs for key in run]
     values = {key: code.var("u") for key, _ in plan.user_data}
     # Keys read from the same record: one test of whether it is there, then plain lookups.
@@ -1192,8 +1204,10 @@ class Mapper:
         if problems:
             raise ConfigError(problems)
         for name, plan in self._plans.items():
+            runs = _memo_runs(plan)
+            memo = normalizer.memo(runs) if runs is not None else None
             self._functions[name] = tuple(
-                _generate(plan, normalizer, clock, lean=lean) for lean in (False, True)
+                _generate(plan, normalizer, clock, memo, lean=lean) for lean in (False, True)
             )
 
     @classmethod

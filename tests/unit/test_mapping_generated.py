@@ -347,3 +347,46 @@ def test_money_from_raw_bytes_equals_money_of_the_decoded_decimal(
     node = {"precision": 18, "scale": scale}
     decimal = LOGICAL_READERS["bytes-decimal"](raw, node, node)
     assert _money_from_raw(raw, "bytes-decimal", 18, scale, places) == _money(decimal, places)
+
+
+WEB_MAPPING: dict[str, Any] = {
+    "event_name": {"field": "kind"},  # the value is the name: no filtering on it
+    "event_id": "id",
+    "event_time": {"field": "ts", "unit": "millis"},
+    "action_source": "website",
+    "event_source_url": "page",
+    "user_data": {"em": "buyer.emails", "client_user_agent": "ua", "ph": ["buyer.phone", "tenant"]},
+    "opt_out": "marketing_ok",
+    "filters": [{"field": "cur", "in": ["gbp", "eur"]}],
+    "record_types": {"PAID": {"action_source": "email", "event_source_url": "page"}},
+}
+WEB_SCHEMA: dict[str, Any] = {
+    **custom.CHECKOUT,
+    "fields": [
+        *custom.CHECKOUT["fields"],
+        {"name": "page", "type": ["null", "string"], "default": None},
+        {"name": "ua", "type": ["null", "string"], "default": None},
+    ],
+}
+
+
+@pytest.mark.parametrize("tenant_field", [None, "tenant"])
+def test_generated_website_and_tenant_mappings_equal_the_interpreter(tenant_field: str | None) -> None:
+    topic: dict[str, Any] = {"kind": "custom", "reader_schema": "web.avsc", "mapping": WEB_MAPPING}
+    topic.update({"tenant_field": tenant_field} if tenant_field else {"destination": "acme"})
+    config = AppConfig.model_validate(
+        {
+            "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
+            "schema_registry": {"url": "http://127.0.0.1:8081"},
+            "topics": {"web": topic},
+            "destinations": {"acme": {"pixel_id": "7", "access_token_env": "T"}},
+            **({"platform": {"tenants": {"file": "tenants.yaml"}}} if tenant_field else {}),
+        }
+    )
+    mapper = Mapper(config, {"web": WEB_SCHEMA}, Normalizer(), clock=lambda: float(custom.NOW))
+    pages = ["https://shop.example/thanks", " https://x.example ", "shop.example/no-scheme", "", None]
+    for i, page in enumerate(pages):
+        for ua in ("Mozilla/5.0", None, " "):
+            for overrides in ({}, {"kind": "PAID"}, {"cur": "usd"}, {"tenant": " "}, {"marketing_ok": False}):
+                rec = custom.record(page=page, ua=ua, id=i, **overrides)
+                assert_same(mapper.map("web", rec), mapper.interpret("web", rec))
