@@ -403,6 +403,10 @@ def _check_registry_url(value: str | None) -> str | None:
     return value
 
 
+REGISTRY_REQUEST_TIMEOUT_S = 10
+"""Default `schema_registry.properties.timeout`: seconds one registry request may take."""
+
+
 class SchemaRegistryConfig(_Model):
     """Confluent-API-compatible Schema Registry; optional when every topic has a `writer_schema`."""
 
@@ -1046,7 +1050,9 @@ class AppConfig(_Model):
         reg = self.schema_registry
         if reg.url is None:
             return None
-        conf: dict[str, Any] = {**reg.properties, "url": reg.url}
+        # The registry client waits forever for an answer unless told otherwise: a registry that accepts
+        # a connection and never answers would hold records back without ever reporting it.
+        conf: dict[str, Any] = {"timeout": REGISTRY_REQUEST_TIMEOUT_S, **reg.properties, "url": reg.url}
         if reg._basic_auth is not None:
             conf["basic.auth.credentials.source"] = "USER_INFO"
             conf["basic.auth.user.info"] = reg._basic_auth.get_secret_value()

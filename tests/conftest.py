@@ -6,8 +6,11 @@ and Ctrl-C), and their child JVMs die with this process even if it is killed (PR
 
 from __future__ import annotations
 
+import signal
+import time
+import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +22,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 
 
+_STACKS: list[DevStack] = []
+
+
 @pytest.fixture(scope="session")
 def devstack() -> Iterator[Endpoints]:
     stack = DevStack(StackOptions())
+    _STACKS.append(stack)
     try:
         endpoints = stack.start()
     except DevStackError as exc:
@@ -30,7 +37,44 @@ def devstack() -> Iterator[Endpoints]:
     try:
         yield endpoints
     finally:
+        _STACKS.remove(stack)
         stack.stop()
+
+
+def _registry_answers(url: str) -> str:
+    try:
+        with urllib.request.urlopen(f"{url}/subjects", timeout=5) as resp:
+            return f"answers (HTTP {resp.status})"
+    except Exception as exc:
+        return f"does not answer ({type(exc).__name__}: {exc})"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """When a test on the shared dev stack fails, say whether the broker and registry still run and
+    answer, with their log tails (a registry that stopped answering also dumps its JVM threads there)."""
+    report = yield
+    if report.when != "call" or not report.failed or not _STACKS:
+        return report
+    if "devstack" not in getattr(item, "fixturenames", ()):
+        return report
+    stack = _STACKS[-1]
+    lines = []
+    for proc in stack.processes:
+        status = "running" if proc.alive() else f"exited ({proc.proc.returncode})"
+        tail = 30
+        if proc.name == "schema-registry" and proc.alive() and stack.endpoints is not None:
+            answer = _registry_answers(str(stack.endpoints.schema_registry_url))
+            status += f", {answer}"
+            if answer.startswith("does not"):
+                proc.signal_group(signal.SIGQUIT)  # the JVM writes a thread dump to its log
+                time.sleep(2)
+                tail = 300
+        lines.append(f"--- {proc.name}: {status}; last lines of {proc.log_path}:\n{proc.log_tail(tail)}")
+    report.sections.append(("dev stack", "\n".join(lines)))
+    return report
 
 
 @pytest.fixture(scope="session")

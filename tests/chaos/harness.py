@@ -32,7 +32,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema
 
 from bench.procstat import memory_kb
 from bench.workload import ORDER_SCHEMA_PATH, avro_bytes, order_schema, orders, wire_format
@@ -44,6 +44,7 @@ from tests.integration.pipeline_helpers import (
     clear_faults,
     http_get,
     metrics_port,
+    registry_client,
     write_config,
 )
 
@@ -448,7 +449,7 @@ class Run:
             )[self.topic].result(30)
             if sc.prepare is not None:
                 sc.prepare(self)
-            registry = SchemaRegistryClient({"url": chaos.registry_url})
+            registry = registry_client(chaos.registry_url)
             self.schema_id = registry.register_schema(
                 f"{self.topic}-value", Schema(ORDER_SCHEMA_PATH.read_text(), "AVRO")
             )

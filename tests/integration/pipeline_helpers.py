@@ -71,10 +71,16 @@ def write_config(
     return path
 
 
+def registry_client(url: str | None) -> SchemaRegistryClient:
+    """The tests' registry client: a request that gets no answer in 30 s is sent again (the client's
+    own default waits forever, so a stalled registry would hang a test until its timeout)."""
+    assert url is not None
+    return SchemaRegistryClient({"url": url, "timeout": 30})
+
+
 def produce(stack: Endpoints, samples: Iterable[Sample], topics: dict[str, str]) -> int:
     """Produce samples in Confluent wire format to the topic of their kind; returns the count."""
-    assert stack.schema_registry_url is not None
-    registry = SchemaRegistryClient({"url": stack.schema_registry_url})
+    registry = registry_client(stack.schema_registry_url)
     by_kind = {kind: name for name, kind in topics.items()}
     serializers = {kind: AvroSerializer(registry, SCHEMAS[kind].read_text()) for kind in by_kind}
     producer = Producer({"bootstrap.servers": stack.bootstrap_servers, "linger.ms": 20})

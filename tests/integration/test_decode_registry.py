@@ -11,12 +11,13 @@ from typing import Any
 
 import fastavro
 import pytest
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema
 
 from capi_devstack import Endpoints
 from capi_devstack.samples import order
 from consumer.decode import Decoder, parse_schema
 from consumer.errors import PipelineError
+from tests.integration.pipeline_helpers import registry_client
 
 pytestmark = pytest.mark.integration
 READER = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "order_event.avsc").read_text())
@@ -30,7 +31,7 @@ def _wire(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> byt
 
 def test_older_and_newer_writer_schemas_decode_into_the_reader_schema(devstack: Endpoints) -> None:
     assert devstack.schema_registry_url is not None
-    registry = SchemaRegistryClient({"url": devstack.schema_registry_url})
+    registry = registry_client(devstack.schema_registry_url)
     subject = f"orders-evolution-{time.monotonic_ns()}-value"
     # v1: before `subscription_id` existed. v3: a later field the reader does not know yet.
     older = {**READER, "fields": [f for f in READER["fields"] if f["name"] != "subscription_id"]}

@@ -104,14 +104,16 @@ def test_devstack_killed_hard_takes_its_jvms_along(tmp_path: Path) -> None:
 
 def test_state_dir_keeps_topics_and_schemas_between_runs(tmp_path: Path) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
-    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+    from confluent_kafka.schema_registry import Schema
+
+    from tests.integration.pipeline_helpers import registry_client
 
     schema = '{"type": "record", "name": "Kept", "fields": [{"name": "a", "type": "int"}]}'
     proc, endpoints = _start(tmp_path)
     try:
         admin = AdminClient({"bootstrap.servers": endpoints["bootstrap_servers"]})
         admin.create_topics([NewTopic("kept", num_partitions=2, replication_factor=1)])["kept"].result(30)
-        registry = SchemaRegistryClient({"url": endpoints["schema_registry_url"]})
+        registry = registry_client(endpoints["schema_registry_url"])
         schema_id = registry.register_schema("kept-value", Schema(schema, "AVRO"))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -121,7 +123,7 @@ def test_state_dir_keeps_topics_and_schemas_between_runs(tmp_path: Path) -> None
         admin = AdminClient({"bootstrap.servers": endpoints["bootstrap_servers"]})
         topics = admin.list_topics(timeout=30).topics
         assert "kept" in topics and len(topics["kept"].partitions) == 2
-        registry = SchemaRegistryClient({"url": endpoints["schema_registry_url"]})
+        registry = registry_client(endpoints["schema_registry_url"])
         schema_str = registry.get_schema(schema_id).schema_str
         assert schema_str is not None and "Kept" in schema_str
     finally:

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from capi_devstack import Endpoints
+from tests.integration.pipeline_helpers import registry_client
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def test_avro_records_roundtrip_through_consumer_group(
 ) -> None:
     assert devstack.schema_registry_url is not None
     topic = make_topic("roundtrip", partitions=4)
-    registry = SchemaRegistryClient({"url": devstack.schema_registry_url})
+    registry = registry_client(devstack.schema_registry_url)
     serializer = AvroSerializer(registry, SCHEMA)
     deserializer = AvroDeserializer(registry)
 

@@ -24,7 +24,6 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -39,6 +38,7 @@ from tests.integration.pipeline_helpers import (
     http_get,
     metrics_port,
     produce,
+    registry_client,
     wait_for,
 )
 from tests.integration.test_failures import read_dlq
@@ -150,7 +150,7 @@ class _OrderProducer:
 
     def __init__(self, stack: Endpoints, topic: str) -> None:
         assert stack.schema_registry_url is not None
-        self._registry = SchemaRegistryClient({"url": stack.schema_registry_url})
+        self._registry = registry_client(stack.schema_registry_url)
         self._serialize = AvroSerializer(self._registry, SCHEMAS["order"].read_text())
         self._producer = Producer({"bootstrap.servers": stack.bootstrap_servers, "linger.ms": 5})
         self._topic = topic

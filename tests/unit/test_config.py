@@ -348,6 +348,7 @@ def test_kafka_and_registry_secrets_are_injected_into_client_settings(tmp_path: 
     registry = config.schema_registry_conf()
     assert registry == {
         "url": "https://r:8081",
+        "timeout": 10,
         "basic.auth.credentials.source": "USER_INFO",
         "basic.auth.user.info": "user:sr-secret",
     }
@@ -502,3 +503,12 @@ def test_tenant_topics_need_a_registry_and_exactly_one_of_destination_or_tenant_
     ok = {**data, "platform": {"tenants": {"file": str(tmp_path)}}}
     config = load_config(write(tmp_path, ok), ENV)
     assert config.parked_topics == {"shop-orders.parked": "shop-orders"} and not config.destinations
+
+
+def test_registry_requests_time_out_by_default_and_the_timeout_can_be_set(tmp_path: Path) -> None:
+    data = config_with(schema_registry={"url": "http://r:8081"})
+    conf = load_config(write(tmp_path, data), ENV).schema_registry_conf()
+    assert conf == {"url": "http://r:8081", "timeout": 10}
+    data["schema_registry"]["properties"] = {"timeout": 2.5}
+    conf = load_config(write(tmp_path, data), ENV).schema_registry_conf()
+    assert conf is not None and conf["timeout"] == 2.5

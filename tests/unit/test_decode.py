@@ -3,6 +3,8 @@ import datetime as dt
 import io
 import json
 import random
+import socket
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from capi_devstack.samples import order
+from consumer.config import AppConfig
 from consumer.decode import Decoder, parse_schema
 from consumer.errors import PipelineError
 
@@ -219,3 +222,27 @@ def test_corrupt_values_fail_lean_decoding_as_decode_fails() -> None:
         with pytest.raises(PipelineError) as lean:
             decoder.decode_lean("orders", value)
         assert lean.value.failure == expected.value.failure
+
+
+def test_a_registry_that_never_answers_makes_records_wait_within_the_request_timeout() -> None:
+    from consumer.decode import RegistryUnavailable
+
+    # Accepts connections (the backlog does) and never answers: a hung registry.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        conf = AppConfig.model_validate(
+            {
+                "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
+                "schema_registry": {"url": url, "properties": {"timeout": 0.3, "max.retries": 0}},
+                "topics": {"t": {"kind": "order", "reader_schema": "order_event.avsc", "destination": "d"}},
+                "destinations": {"d": {"pixel_id": "1", "access_token_env": "T"}},
+            }
+        ).schema_registry_conf()
+        assert conf is not None
+        decoder = Decoder({"t": parse_schema(READER)}, registry=SchemaRegistryClient(conf))
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable, match="Timeout"):
+            decoder.fetch_schema(7)
+        assert time.monotonic() - started < 5
