@@ -301,37 +301,16 @@ class Decoder:
 
     def decode(self, topic: str, value: bytes | None) -> dict[str, Any]:
         """Decode one record value. Raises PipelineError(stage=decode) with a reason code."""
-        if not value:
-            raise _fail(EMPTY_VALUE, "record has no value (tombstone or empty)")
-        reader = self._readers[topic]
-        writer = self._schemaless.get(topic)
-        if writer is not None:
-            return self._read(value, 0, writer, reader)
-        if len(value) < HEADER_SIZE or value[0] != MAGIC_BYTE:
-            raise _fail(NOT_CONFLUENT_WIRE_FORMAT, "value does not start with magic byte 0 + schema ID")
-        schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
-        resolved = self._resolved.get((topic, schema_id))
-        if resolved is None:
-            resolved = self._resolve(topic, schema_id)
-        return self._read(value, HEADER_SIZE, resolved[0], resolved[1])
+        start, writer, reader, _ = self._locate(topic, value)
+        assert value is not None  # _locate refused it
+        return self._read(value, start, writer, reader)
 
     def decode_lean(self, topic: str, value: bytes | None) -> tuple[dict[str, Any], bool]:
         """Like `decode`, and True when the record's timestamps, dates and decimals were left raw (see
         the module docstring; `Mapper.map(..., raw_logical=True)` reads them). Fails exactly as
         `decode` would, with the same reason and message."""
-        if not value:
-            raise _fail(EMPTY_VALUE, "record has no value (tombstone or empty)")
-        writer = self._schemaless.get(topic)
-        if writer is not None:
-            start, reader, lean = 0, self._readers[topic], self._lean_schemaless[topic]
-        else:
-            if len(value) < HEADER_SIZE or value[0] != MAGIC_BYTE:
-                raise _fail(NOT_CONFLUENT_WIRE_FORMAT, "value does not start with magic byte 0 + schema ID")
-            schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
-            resolved = self._resolved.get((topic, schema_id))
-            if resolved is None:
-                resolved = self._resolve(topic, schema_id)
-            start, (writer, reader, lean) = HEADER_SIZE, resolved
+        start, writer, reader, lean = self._locate(topic, value)
+        assert value is not None  # _locate refused it
         if lean is not None and not (lean.has_decimals and len(value) > _MAX_LEAN_VALUE_BYTES):
             buf = io.BytesIO(value)
             buf.seek(start)
@@ -344,6 +323,22 @@ class Decoder:
                     return record, True
         # Nothing to leave raw, or a value the conversion refuses: decode (and fail) like `decode`.
         return self._read(value, start, writer, reader), False
+
+    def _locate(self, topic: str, value: bytes | None) -> tuple[int, Schema, Schema | None, _Lean | None]:
+        """Where the Avro body of `value` starts, its writer and reader schemas and their lean pair;
+        fails empty values and values without the Confluent header (registry topics)."""
+        if not value:
+            raise _fail(EMPTY_VALUE, "record has no value (tombstone or empty)")
+        writer = self._schemaless.get(topic)
+        if writer is not None:
+            return 0, writer, self._readers[topic], self._lean_schemaless[topic]
+        if len(value) < HEADER_SIZE or value[0] != MAGIC_BYTE:
+            raise _fail(NOT_CONFLUENT_WIRE_FORMAT, "value does not start with magic byte 0 + schema ID")
+        schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
+        resolved = self._resolved.get((topic, schema_id))
+        if resolved is None:
+            resolved = self._resolve(topic, schema_id)
+        return HEADER_SIZE, resolved[0], resolved[1], resolved[2]
 
     def _same(self, writer: Schema, topic: str) -> bool:
         """Whether `writer` is `topic`'s reader schema (then fastavro needs no resolution)."""

@@ -628,7 +628,8 @@ def _money_from_raw(raw: bytes, key: str, precision: int, scale: int, places: in
 
 
 def _put_raw(raw: dict[str, object], key: str, value: Any) -> None:
-    """What `_raw_user_data` does with the value of a one-field key."""
+    """Put the value of a one-field user_data key into `raw`: nothing for None, null items dropped from
+    a list, a one-item list as its item."""
     if value is None:
         return
     if type(value) is list:
@@ -1403,15 +1404,7 @@ def _raw_user_data(plan: _Plan, record: Mapping[str, Any]) -> dict[str, object]:
         if source is None:
             continue
         for key, leaf in run.fields:
-            value = source.get(leaf)
-            if value is None:
-                continue
-            if type(value) is list:
-                items = [v for v in value if v is not None]
-                if items:
-                    raw[key] = items[0] if len(items) == 1 else items
-            else:
-                raw[key] = value
+            _put_raw(raw, key, source.get(leaf))
     return raw
 
 

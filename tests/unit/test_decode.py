@@ -205,23 +205,23 @@ def test_raw_values_fastavro_cannot_convert_fail_as_decode_fails(logical: Any, g
     ok = _encode(plain, {"v": good, "w": [good]})
     assert decoder.decode_lean("t", ok) == ({"v": good, "w": [good]}, True)
     for broken in ({"v": bad, "w": None}, {"v": good, "w": [good, bad]}):
-        value = _encode(plain, broken)
-        with pytest.raises(PipelineError) as expected:
-            decoder.decode("t", value)
-        with pytest.raises(PipelineError) as lean:
-            decoder.decode_lean("t", value)
-        assert lean.value.failure == expected.value.failure
+        assert_lean_fails_alike(decoder, "t", _encode(plain, broken))
 
 
 def test_corrupt_values_fail_lean_decoding_as_decode_fails() -> None:
     decoder = Decoder({"orders": parse_schema(READER)}, writer_schemas={"orders": parse_schema(READER)})
     good = _encode(READER, order(3, now_ms=1_700_000_000_000, rng=random.Random(3)))
     for value in (b"\xff\xff\xff\xff\xff\xff", good[:-7], b"\x00" + good):
-        with pytest.raises(PipelineError) as expected:
-            decoder.decode("orders", value)
-        with pytest.raises(PipelineError) as lean:
-            decoder.decode_lean("orders", value)
-        assert lean.value.failure == expected.value.failure
+        assert_lean_fails_alike(decoder, "orders", value)
+
+
+def assert_lean_fails_alike(decoder: Decoder, topic: str, value: bytes) -> None:
+    """`decode_lean` fails `value` with the same failure (stage, reason, message) as `decode`."""
+    with pytest.raises(PipelineError) as expected:
+        decoder.decode(topic, value)
+    with pytest.raises(PipelineError) as lean:
+        decoder.decode_lean(topic, value)
+    assert lean.value.failure == expected.value.failure
 
 
 def test_a_registry_that_never_answers_makes_records_wait_within_the_request_timeout() -> None:

@@ -104,23 +104,37 @@ MAPPING: dict[str, Any] = {
 }
 
 
-def make_mapper(mapping: dict[str, Any] | None = None, schema: dict[str, Any] | None = None) -> Mapper:
+def make_mapper(
+    mapping: dict[str, Any] | None = None,
+    schema: dict[str, Any] | None = None,
+    *,
+    topic: str = "checkout",
+    tenant_field: str | None = None,
+    normalizer: Normalizer | None = None,
+    now: float = NOW,
+) -> Mapper:
+    """A mapper of one custom topic, to destination `acme` or (with `tenant_field`) in platform mode."""
+    spec: dict[str, Any] = {
+        "kind": "custom",
+        "reader_schema": f"{topic}.avsc",
+        "mapping": MAPPING if mapping is None else mapping,
+    }
+    routing: dict[str, Any]
+    if tenant_field is None:
+        spec["destination"] = "acme"
+        routing = {"destinations": {"acme": {"pixel_id": "7", "access_token_env": "T"}}}
+    else:
+        spec["tenant_field"] = tenant_field
+        routing = {"platform": {"tenants": {"file": "tenants.yaml"}}}
     config = AppConfig.model_validate(
         {
             "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
             "schema_registry": {"url": "http://127.0.0.1:8081"},
-            "topics": {
-                "checkout": {
-                    "kind": "custom",
-                    "reader_schema": "checkout.avsc",
-                    "destination": "acme",
-                    "mapping": MAPPING if mapping is None else mapping,
-                }
-            },
-            "destinations": {"acme": {"pixel_id": "7", "access_token_env": "T"}},
+            "topics": {topic: spec},
+            **routing,
         }
     )
-    return Mapper(config, {"checkout": schema or CHECKOUT}, Normalizer(), clock=lambda: float(NOW))
+    return Mapper(config, {topic: schema or CHECKOUT}, normalizer or Normalizer(), clock=lambda: float(now))
 
 
 def record(**overrides: Any) -> dict[str, Any]:
@@ -392,27 +406,8 @@ def test_every_bad_path_is_reported_at_once() -> None:
 # --- platform mode: the tenant from a field --------------------------------------------------------
 
 
-def make_tenant_mapper(tenant_field: str) -> Mapper:
-    config = AppConfig.model_validate(
-        {
-            "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
-            "schema_registry": {"url": "http://127.0.0.1:8081"},
-            "topics": {
-                "checkout": {
-                    "kind": "custom",
-                    "reader_schema": "checkout.avsc",
-                    "tenant_field": tenant_field,
-                    "mapping": MAPPING,
-                }
-            },
-            "platform": {"tenants": {"file": "tenants.yaml"}},
-        }
-    )
-    return Mapper(config, {"checkout": CHECKOUT}, Normalizer(), clock=lambda: float(NOW))
-
-
 def test_a_custom_mapping_routes_by_its_tenant_field() -> None:
-    mapper = make_tenant_mapper("tenant")
+    mapper = make_mapper(tenant_field="tenant")
     result = mapper.map("checkout", record())
     assert isinstance(result, Mapped) and result.destination == "tenant:acme-eu"
     assert mapper.map("checkout", record(tenant="  ")) == Rejected(
@@ -422,8 +417,8 @@ def test_a_custom_mapping_routes_by_its_tenant_field() -> None:
 
 def test_a_tenant_field_that_is_not_in_the_schema_stops_start_up() -> None:
     with pytest.raises(ConfigError) as err:
-        make_tenant_mapper("buyer.shop")
+        make_mapper(tenant_field="buyer.shop")
     assert "topics.checkout.tenant_field" in str(err.value)
     with pytest.raises(ConfigError) as err:
-        make_tenant_mapper("amount")  # a double is no tenant id
+        make_mapper(tenant_field="amount")  # a double is no tenant id
     assert "topics.checkout.tenant_field" in str(err.value)

@@ -182,22 +182,7 @@ def custom_records() -> Iterator[dict[str, Any]]:
 
 @pytest.mark.parametrize("normalizer", [Normalizer(), Normalizer(cache_size=0)], ids=["cached", "uncached"])
 def test_generated_custom_mapping_equals_the_interpreter(normalizer: Normalizer) -> None:
-    config = AppConfig.model_validate(
-        {
-            "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
-            "schema_registry": {"url": "http://127.0.0.1:8081"},
-            "topics": {
-                "checkout": {
-                    "kind": "custom",
-                    "reader_schema": "checkout.avsc",
-                    "destination": "acme",
-                    "mapping": custom.MAPPING,
-                }
-            },
-            "destinations": {"acme": {"pixel_id": "7", "access_token_env": "T"}},
-        }
-    )
-    mapper = Mapper(config, {"checkout": custom.CHECKOUT}, normalizer, clock=lambda: float(custom.NOW))
+    mapper = custom.make_mapper(normalizer=normalizer)
     for rec in custom_records():
         assert_same(mapper.map("checkout", rec), mapper.interpret("checkout", rec))
 
@@ -263,22 +248,8 @@ LOGICAL_MAPPING: dict[str, Any] = {
 
 
 def logical_mapper(normalizer: Normalizer | None = None) -> Mapper:
-    config = AppConfig.model_validate(
-        {
-            "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
-            "schema_registry": {"url": "http://127.0.0.1:8081"},
-            "topics": {
-                "sales": {
-                    "kind": "custom",
-                    "reader_schema": "sale.avsc",
-                    "destination": "acme",
-                    "mapping": LOGICAL_MAPPING,
-                }
-            },
-            "destinations": {"acme": {"pixel_id": "7", "access_token_env": "T"}},
-        }
-    )
-    return Mapper(config, {"sales": LOGICAL}, normalizer or Normalizer(), clock=lambda: NOW_MS / 1000)
+    now = NOW_MS / 1000
+    return custom.make_mapper(LOGICAL_MAPPING, LOGICAL, topic="sales", normalizer=normalizer, now=now)
 
 
 def sale(**overrides: Any) -> dict[str, Any]:
@@ -372,18 +343,7 @@ WEB_SCHEMA: dict[str, Any] = {
 
 @pytest.mark.parametrize("tenant_field", [None, "tenant"])
 def test_generated_website_and_tenant_mappings_equal_the_interpreter(tenant_field: str | None) -> None:
-    topic: dict[str, Any] = {"kind": "custom", "reader_schema": "web.avsc", "mapping": WEB_MAPPING}
-    topic.update({"tenant_field": tenant_field} if tenant_field else {"destination": "acme"})
-    config = AppConfig.model_validate(
-        {
-            "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
-            "schema_registry": {"url": "http://127.0.0.1:8081"},
-            "topics": {"web": topic},
-            "destinations": {"acme": {"pixel_id": "7", "access_token_env": "T"}},
-            **({"platform": {"tenants": {"file": "tenants.yaml"}}} if tenant_field else {}),
-        }
-    )
-    mapper = Mapper(config, {"web": WEB_SCHEMA}, Normalizer(), clock=lambda: float(custom.NOW))
+    mapper = custom.make_mapper(WEB_MAPPING, WEB_SCHEMA, topic="web", tenant_field=tenant_field)
     pages = ["https://shop.example/thanks", " https://x.example ", "shop.example/no-scheme", "", None]
     for i, page in enumerate(pages):
         for ua in ("Mozilla/5.0", None, " "):
