@@ -89,6 +89,7 @@ GROUP_SETTLE_S = 1.0
 TARGETS = [
     # (name, numerator, denominator, minimum ratio)
     ("(c) >= 0.6 x (a)", "c", "a", 0.6),
+    ("(c) >= 0.45 x (a) (issue 17)", "c", "a", 0.45),
     ("(c) >= 3 x (b)", "c", "b", 3.0),
     ("(d) >= 0.9 x (c)", "d", "c", 0.9),
     ("(e) >= 1.4 x (c)", "e", "c", 1.4),
@@ -96,6 +97,8 @@ TARGETS = [
     ("(h) >= 0.7 x (c)", "h", "c", 0.7),
 ]
 RSS_LIMITS_MB = [("c", 250.0), ("h", 300.0)]
+CPU_PER_EVENT_LIMITS = [("c", "a", 2.2)]
+"""(scenario, reference, most): the worker CPU per event of a scenario against the reference's (issue 17)."""
 TENANTS = 1000
 """Tenants of scenario (h) (`--tenants`)."""
 TENANT_RELOAD_S = 5.0
@@ -872,6 +875,13 @@ def backlog_check(stack: Stack, topic: str, n: int, run_id: str) -> dict[str, An
 # --- report -------------------------------------------------------------------------------------------
 
 
+def _cpu_us_per_event(r: Result | None) -> float | None:
+    """The worker processes' CPU per event of a scenario's drain, in µs."""
+    if r is None or r.error or not r.cpu_s or not r.events:
+        return None
+    return 1e6 * sum(r.cpu_s) / r.events
+
+
 def ratios(results: dict[str, Result]) -> list[dict[str, Any]]:
     rows = []
     for name, num, den, minimum in TARGETS:
@@ -882,6 +892,16 @@ def ratios(results: dict[str, Result]) -> list[dict[str, Any]]:
                 "target": name,
                 "ratio": round(value, 2) if value else None,
                 "pass": bool(value and value >= minimum),
+            }
+        )
+    for key, ref, most in CPU_PER_EVENT_LIMITS:
+        ours, theirs = _cpu_us_per_event(results.get(key)), _cpu_us_per_event(results.get(ref))
+        value = ours / theirs if ours and theirs else None
+        rows.append(
+            {
+                "target": f"({key}) worker CPU per event <= {most} x ({ref})'s",
+                "ratio": f"{ours:.0f} / {theirs:.0f} µs = {value:.2f}" if ours and theirs and value else None,
+                "pass": bool(value and value <= most),
             }
         )
     for key, limit in RSS_LIMITS_MB:
