@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from capi_devstack import DevStack, DevStackError, Endpoints, StackOptions
+from capi_devstack.stack import registry_problem
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -41,14 +41,6 @@ def devstack() -> Iterator[Endpoints]:
         stack.stop()
 
 
-def _registry_answers(url: str) -> str:
-    try:
-        with urllib.request.urlopen(f"{url}/subjects", timeout=5) as resp:
-            return f"answers (HTTP {resp.status})"
-    except Exception as exc:
-        return f"does not answer ({type(exc).__name__}: {exc})"
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -66,9 +58,9 @@ def pytest_runtest_makereport(
         status = "running" if proc.alive() else f"exited ({proc.proc.returncode})"
         tail = 30
         if proc.name == "schema-registry" and proc.alive() and stack.endpoints is not None:
-            answer = _registry_answers(str(stack.endpoints.schema_registry_url))
-            status += f", {answer}"
-            if answer.startswith("does not"):
+            problem = registry_problem(str(stack.endpoints.schema_registry_url), timeout_s=5)
+            status += ", answers" if problem is None else f", does not answer ({problem})"
+            if problem is not None:
                 proc.signal_group(signal.SIGQUIT)  # the JVM writes a thread dump to its log
                 time.sleep(2)
                 tail = 300

@@ -18,10 +18,11 @@ from typing import Any
 
 import fastavro
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema
 
 from bench.workload import ORDER_SCHEMA_PATH
 from tests.chaos.harness import CAPI_PROXY, KAFKA_PROXY, LEAVE_TIMEOUT_S, POISON_PREFIX, Run
+from tests.integration.pipeline_helpers import registry_client
 
 Step = Callable[[Run], None]
 
@@ -163,7 +164,7 @@ def registry_down_new_schema(run: Run) -> None:
     must wait (or stop without committing past them), never dead-letter them as undecodable."""
     run.wait_produced(0.3)
     v2 = _order_schema_v2()
-    registry = SchemaRegistryClient({"url": run.chaos.registry_url})
+    registry = registry_client(run.chaos.registry_url)
     v2_id = registry.register_schema(f"{run.topic}-value", Schema(v2, "AVRO"))
     run.chaos.stack.registry_stop()
     run.producer.encoding = (v2_id, fastavro.parse_schema(json.loads(v2)))

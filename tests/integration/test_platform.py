@@ -149,7 +149,6 @@ class _OrderProducer:
     registry's connections)."""
 
     def __init__(self, stack: Endpoints, topic: str) -> None:
-        assert stack.schema_registry_url is not None
         self._registry = registry_client(stack.schema_registry_url)
         self._serialize = AvroSerializer(self._registry, SCHEMAS["order"].read_text())
         self._producer = Producer({"bootstrap.servers": stack.bootstrap_servers, "linger.ms": 5})

@@ -41,6 +41,16 @@ logger.raft.level = INFO
 """
 
 
+def registry_problem(url: str, *, timeout_s: float) -> str | None:
+    """None when the registry at `url` answers `GET /subjects` with 200 within `timeout_s`, else what
+    went wrong (an HTTP status, or the exception)."""
+    try:
+        with urllib.request.urlopen(f"{url}/subjects", timeout=timeout_s) as resp:
+            return None if int(resp.status) == 200 else f"HTTP {resp.status}"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 @dataclass
 class StackOptions:
     state_dir: Path | None = None
@@ -274,8 +284,7 @@ class DevStack:
         url = f"http://127.0.0.1:{port}/apis/ccompat/v7"
 
         def ready() -> bool:
-            with urllib.request.urlopen(f"{url}/subjects", timeout=2) as resp:
-                return int(resp.status) == 200
+            return registry_problem(url, timeout_s=2) is None
 
         if not wait_until(ready, process=proc, timeout_s=REGISTRY_START_TIMEOUT_S):
             raise DevStackError(f"Schema Registry did not become ready; log tail:\n{proc.log_tail()}")
