@@ -59,6 +59,19 @@ def _start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], dict[s
     return proc, json.loads(line)
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the dev stack; it must exit 0 within 60 s (its services get 20 s, then SIGKILL)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate(timeout=30)
+        pytest.fail(f"the dev stack ran on 60 s after SIGTERM; its stderr:\n{stderr.decode()[-3000:]}")
+    assert proc.stderr is not None
+    assert code == 0, proc.stderr.read().decode()[-3000:]
+
+
 def _wait_gone(pids: set[int], timeout_s: float) -> set[int]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -88,8 +101,7 @@ def test_devstack_prints_endpoints_and_sigterm_leaves_no_process(tmp_path: Path,
         started = _descendants(proc.pid)
         assert len(started) >= (3 if with_emulator else 2)  # broker JVM, registry JVM, emulator
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        _stop(proc)
     assert _wait_gone(started, 10) == set()
 
 
@@ -116,8 +128,7 @@ def test_state_dir_keeps_topics_and_schemas_between_runs(tmp_path: Path) -> None
         registry = registry_client(endpoints["schema_registry_url"])
         schema_id = registry.register_schema("kept-value", Schema(schema, "AVRO"))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        _stop(proc)
     proc, endpoints = _start(tmp_path)
     try:
         admin = AdminClient({"bootstrap.servers": endpoints["bootstrap_servers"]})
@@ -127,8 +138,7 @@ def test_state_dir_keeps_topics_and_schemas_between_runs(tmp_path: Path) -> None
         schema_str = registry.get_schema(schema_id).schema_str
         assert schema_str is not None and "Kept" in schema_str
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        _stop(proc)
 
 
 def test_missing_java_gives_one_line_error(tmp_path: Path) -> None:
@@ -174,16 +184,28 @@ def test_restart_with_clients_connected_keeps_the_ports(tmp_path: Path) -> None:
         with urllib.request.urlopen(first["schema_registry_url"] + "/subjects", timeout=10) as resp:
             assert resp.status == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        _stop(proc)
     try:
         proc, second = _start(tmp_path)
         try:
             assert second == first
             socket.create_connection((host, int(port)), timeout=5).close()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
+            _stop(proc)
     finally:
         for client in clients:
             client.close()
+
+
+def test_services_stop_together_and_one_that_ignores_sigterm_is_killed_and_named(tmp_path: Path) -> None:
+    from capi_devstack.processes import ManagedProcess, stop_all
+
+    stubborn = ManagedProcess("stubborn", ["sh", "-c", "trap '' TERM; sleep 60"], tmp_path / "stubborn.log")
+    polite = [ManagedProcess(f"polite{i}", ["sleep", "60"], tmp_path / f"p{i}.log") for i in range(2)]
+    time.sleep(0.3)  # the shell sets its trap
+    started = time.monotonic()
+    problems = stop_all([polite[0], stubborn, polite[1]], timeout_s=2)
+    took = time.monotonic() - started
+    assert [p.split(" (")[0] for p in problems] == ["stubborn did not exit after SIGTERM; killed"]
+    assert 2 <= took < 6  # one shared deadline, not 2 s per service
+    assert all(not p.alive() for p in [stubborn, *polite])

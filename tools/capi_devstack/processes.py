@@ -106,25 +106,37 @@ class ManagedProcess:
         self.proc.wait(timeout=30)
         self.stop()
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM the process group, SIGKILL it after `timeout_s` seconds."""
+    def terminate(self) -> None:
+        """SIGTERM the process group without waiting (a paused, SIGSTOPped, group handles it too)."""
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-                os.killpg(self.proc.pid, signal.SIGCONT)  # a paused (SIGSTOPped) process handles it too
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        else:
-            # Reap stragglers of the group even if the leader already exited.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the process group, SIGKILL it after `timeout_s` seconds."""
+        stop_all([self], timeout_s)
+
+    def _finish(self, deadline: float) -> str | None:
+        """Wait for the terminated group until `deadline`, then SIGKILL it; close the log.
+
+        Returns what went wrong (for the dev stack's stderr), or None after a clean exit."""
+        problem = None
+        try:
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            problem = "did not exit after SIGTERM; killed"
+        # SIGKILL also reaps stragglers of the group when the leader exited on its own.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            problem = "still running 10 s after SIGKILL"
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()
+        return problem
 
     def read_line(self, timeout_s: float) -> str:
         """One line from a `stdout_pipe` process, or "" after `timeout_s` seconds."""
@@ -150,3 +162,19 @@ def wait_until(
             pass
         time.sleep(interval_s)
     return False
+
+
+def stop_all(procs: Sequence[ManagedProcess], timeout_s: float = 20.0) -> list[str]:
+    """Stop `procs` together: SIGTERM all at once, SIGKILL whatever still runs `timeout_s` seconds later.
+
+    Together, so stopping a stack takes as long as its slowest service, not the sum of them. Returns one
+    line per service that had to be killed (name, what happened, seconds), for the caller to report."""
+    started = time.monotonic()
+    for proc in procs:
+        proc.terminate()
+    problems = []
+    for proc in procs:
+        problem = proc._finish(started + timeout_s)
+        if problem is not None:
+            problems.append(f"{proc.name} {problem} ({time.monotonic() - started:.0f} s)")
+    return problems

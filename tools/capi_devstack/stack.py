@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from capi_devstack.artifacts import DevStackError, apicurio_home, find_java, kafka_libs
-from capi_devstack.processes import ManagedProcess, free_port, port_is_free, wait_until
+from capi_devstack.processes import ManagedProcess, free_port, port_is_free, stop_all, wait_until
 from capi_devstack.security import SaslSslEndpoint, SaslSslListener
 
 KAFKA_START_TIMEOUT_S = 120.0
@@ -132,8 +132,10 @@ class DevStack:
         return self.endpoints
 
     def stop(self) -> None:
-        for proc in reversed(self.processes):
-            proc.stop()
+        """Stop every service together (within about 30 s even if one hangs); a service that had to be
+        killed is named on stderr."""
+        for problem in stop_all(self.processes):
+            print(f"capi-devstack: {problem}", file=sys.stderr, flush=True)
         self.processes.clear()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
