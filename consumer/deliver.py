@@ -360,11 +360,8 @@ class Deliverer:
     def _sending(self, destination: Destination, events: Sequence[PendingEvent]) -> None:
         m = self._metrics
         now = self._clock.wall()
-        names: Counter[str] = Counter()
-        age = m.event_age_at_send
-        for event in events:
-            names[event.event_name] += 1
-            age.observe(max(0.0, now - event.event_time))
+        names = Counter(event.event_name for event in events)
+        m.event_age_at_send.observe_many([max(0.0, now - event.event_time) for event in events])
         for name, n in names.items():
             m.child(m.events_sent, destination.pixel_label, name).inc(n)
 

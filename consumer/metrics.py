@@ -10,9 +10,15 @@ prometheus-client exports a counter `capi_x` as `capi_x_total` (plus `capi_x_cre
 
 from __future__ import annotations
 
+import bisect
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from consumer import __version__
 
@@ -37,6 +43,58 @@ MATCH_KEYS = (
     "client_ip_address",
     "client_user_agent",
 )
+
+
+class BatchHistogram(Collector):
+    """A histogram without labels observed a batch of values at a time, exported exactly like
+    prometheus-client's `Histogram` (`_bucket`, `_count`, `_sum`, `_created`).
+
+    For the per-event histograms: prometheus-client's `observe` takes a lock and updates two values
+    per call (about 1-2 µs), which per event was one of the larger costs of delivering a batch; here a
+    batch costs one bisect per value and one lock."""
+
+    _type = "histogram"
+    _labelnames: tuple[str, ...] = ()
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry):
+        # Named like prometheus-client's metric attributes, so that the catalogue reads alike.
+        self._name = name
+        self._documentation = documentation
+        self._bounds = (*(float(b) for b in buckets), float("inf"))
+        self._counts = [0] * len(self._bounds)  # per bucket, not cumulative
+        self._sum = 0.0
+        self._created = time.time()
+        self._lock = threading.Lock()  # observed on the event loop, collected by the metrics server
+        registry.register(self)
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        bounds = self._bounds
+        counts = [0] * len(bounds)
+        total = 0.0
+        for value in values:
+            counts[bisect.bisect_left(bounds, value)] += 1  # buckets are upper-inclusive (le)
+            total += value
+        with self._lock:
+            mine = self._counts
+            for i, n in enumerate(counts):
+                if n:
+                    mine[i] += n
+            self._sum += total
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, n in zip(self._bounds, counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        family = HistogramMetricFamily(self._name, self._documentation)
+        family.add_metric([], buckets, total, timestamp=None)
+        family.add_sample(self._name + "_created", {}, self._created)
+        yield family
 
 
 class Metrics:
@@ -156,14 +214,11 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
-        self.end_to_end_latency = Histogram(
-            "capi_end_to_end_latency_seconds",
-            "Record timestamp to Meta's acceptance",
-            buckets=E2E_BUCKETS,
-            registry=r,
+        self.end_to_end_latency = BatchHistogram(
+            "capi_end_to_end_latency_seconds", "Record timestamp to Meta's acceptance", E2E_BUCKETS, r
         )
-        self.event_age_at_send = Histogram(
-            "capi_event_age_at_send_seconds", "event_time to send time", buckets=AGE_BUCKETS, registry=r
+        self.event_age_at_send = BatchHistogram(
+            "capi_event_age_at_send_seconds", "event_time to send time", AGE_BUCKETS, r
         )
         self.dlq_oldest_age = Gauge(
             "capi_dlq_oldest_record_age_seconds",

@@ -388,8 +388,8 @@ class Pipeline:
         outcomes = await p.deliverer.deliver(destination, batch.events)
         accepted_at = p.clock.wall()
         names: Counter[str] = Counter()
-        keys: Counter[str] = Counter()
-        latency = p.metrics.end_to_end_latency
+        key_sets: Counter[tuple[str, ...]] = Counter()  # few distinct key sets: count those, not keys
+        latencies: list[float] = []
         parked = False
         tenant = _tenant_of(destination.name)
         for event, failure in outcomes:
@@ -405,19 +405,24 @@ class Pipeline:
                 )
             elif failure is None:
                 names[event.event_name] += 1
-                keys.update(event.user_data_keys)
+                key_sets[event.user_data_keys] += 1
                 if event.record_timestamp_ms is not None:
-                    latency.observe(max(0.0, accepted_at - event.record_timestamp_ms / 1000))
+                    latencies.append(max(0.0, accepted_at - event.record_timestamp_ms / 1000))
                 self._settle(event.ticket, failed=False)
             else:
                 self._fail(event.origin, failure, event.ticket, requests=event.attempts)
         if p.parking is not None and destination.parks:
             self._parked_or_released(destination, outcomes, parked=parked)
-        # Counters once per batch and label set rather than per event.
+        p.metrics.end_to_end_latency.observe_many(latencies)
+        # Counters and histograms once per batch and label set rather than per event.
         m, label = p.metrics, destination.pixel_label
         for name, n in names.items():
             m.child(m.events_accepted, label, name).inc(n)
         self.stats.accepted.update(names)
+        keys: Counter[str] = Counter()
+        for key_set, n in key_sets.items():
+            for key in key_set:
+                keys[key] += n
         for key, n in keys.items():
             if key in _MATCH_KEY_SET:
                 m.child(m.match_keys, label, key).inc(n)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from prometheus_client import Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from consumer import __version__
-from consumer.metrics import Metrics
+from consumer.metrics import BatchHistogram, Metrics
 
 OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 # Every label is a configured name or a fixed code list: nothing per event or per customer.
@@ -31,11 +31,11 @@ BOUNDED_LABELS = {
 }
 
 
-def _metrics(m: Metrics) -> list[MetricWrapperBase]:
-    return [v for v in vars(m).values() if isinstance(v, MetricWrapperBase)]
+def _metrics(m: Metrics) -> list[MetricWrapperBase | BatchHistogram]:
+    return [v for v in vars(m).values() if isinstance(v, MetricWrapperBase | BatchHistogram)]
 
 
-def _exported_name(metric: MetricWrapperBase) -> str:
+def _exported_name(metric: MetricWrapperBase | BatchHistogram) -> str:
     return str(metric._name) + ("_total" if metric._type == "counter" else "")
 
 
@@ -59,6 +59,9 @@ def test_each_instance_has_its_own_registry() -> None:
 def test_series_names_match_a_scrape() -> None:
     m = Metrics()
     for metric in _metrics(m):
+        if isinstance(metric, BatchHistogram):
+            metric.observe_many([1.0])
+            continue
         child = metric.labels(*["x"] * len(metric._labelnames)) if metric._labelnames else metric
         if isinstance(child, Counter):
             child.inc()
@@ -84,3 +87,22 @@ def test_operations_doc_documents_every_metric_with_its_type_and_labels() -> Non
         assert name in rows, f"docs/operations.md's metrics reference lacks {name}"
         assert rows[name] == (metric._type, ",".join(metric._labelnames)), name
     assert len(rows) == len(metrics), set(rows) - {_exported_name(m) for m in metrics}
+
+
+def test_a_batch_histogram_exports_what_a_histogram_observing_each_value_exports() -> None:
+    values = [0.0, 0.05, 0.07, 0.1, 0.5, 1.0, 3.0, 1e9]
+    one_by_one, batched = CollectorRegistry(), CollectorRegistry()
+    histogram = Histogram("capi_x_seconds", "some help text", buckets=(0.05, 0.1, 1.0), registry=one_by_one)
+    for value in values:
+        histogram.observe(value)
+    batch = BatchHistogram("capi_x_seconds", "some help text", (0.05, 0.1, 1.0), batched)
+    batch.observe_many(values[:3])
+    batch.observe_many([])
+    batch.observe_many(values[3:])
+
+    def exposition(registry: CollectorRegistry) -> list[str]:
+        return [line for line in generate_latest(registry).decode().splitlines() if "_created " not in line]
+
+    assert exposition(batched) == exposition(one_by_one)
+    assert batched.get_sample_value("capi_x_seconds_bucket", {"le": "0.05"}) == 2
+    assert batched.get_sample_value("capi_x_seconds_created") is not None
