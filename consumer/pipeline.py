@@ -135,6 +135,8 @@ class Pipeline:
         self._guard = parts.guard if parts.policy.guard_dead_letters else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._fatal: BaseException | None = None
+        self._mapped: Counter[str] = Counter()
+        """Events mapped in this poll, by event name (counted into the metric once per poll)."""
         self._overloaded = False
         self._held: list[tuple[Origin, object]] = []
         """Records waiting for their writer schema (with their partition's ledger when held)."""
@@ -253,6 +255,8 @@ class Pipeline:
                     records = self._hold_for_schemas(records)
                 for origin in records:
                     self._handle(origin)
+                if self._mapped:
+                    self._count_mapped()
                 for batch in p.batcher.due():
                     self._launch(batch)
                 if self._overloaded and p.batcher.open_events:
@@ -293,6 +297,13 @@ class Pipeline:
         for topic, n in counts.items():
             m = self.p.metrics
             m.child(m.records_consumed, topic).inc(n)
+
+    def _count_mapped(self) -> None:
+        # Once per poll and event name, like _count_consumed.
+        m = self.p.metrics
+        for event_name, n in self._mapped.items():
+            m.child(m.events_mapped, event_name).inc(n)
+        self._mapped.clear()
 
     def _handle(self, origin: Origin) -> None:
         p = self.p
@@ -344,7 +355,7 @@ class Pipeline:
             p.metrics.identifiers_omitted.labels(omission.field, omission.reason).inc()
         event: dict[str, Any] = result.event
         event_name: str = event["event_name"]
-        p.metrics.child(p.metrics.events_mapped, event_name).inc()
+        self._mapped[event_name] += 1
         pending = PendingEvent(
             # A copy of exactly the body's size: orjson's result keeps its growth buffer (about 4 KB of
             # RSS for a 1 KB event), which multiplied by the events in flight was most of the RSS.

@@ -87,9 +87,12 @@ class Origin:
         if topic is None or partition is None or offset is None:
             raise ValueError("not a consumed record")
         _kind, ts = msg.timestamp()
-        raw = msg.headers() or []
-        items = raw.items() if isinstance(raw, dict) else raw
-        headers = [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in items]
+        raw = msg.headers()
+        if raw:
+            items = raw.items() if isinstance(raw, dict) else raw
+            headers = [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in items]
+        else:
+            headers = []
         key = msg.key()
         return cls(
             topic,

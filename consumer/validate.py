@@ -255,20 +255,17 @@ def _is_http_url(url: object) -> bool:
     return isinstance(url, str) and is_http_url(url)
 
 
+_PLAIN_HTTP_URL: Final = re.compile(r"https?://[^\t\r\n\[\]]*")
+"""An http(s) URL without tabs and newlines (which urlsplit deletes) or brackets (IPv6 checks)."""
+
+
 def is_http_url(url: str) -> bool:
     """An absolute http(s) URL with a host (what Meta requires of event_source_url)."""
-    if url.isascii() and url.startswith(("https://", "http://")):
-        # What urlsplit decides for a plain ASCII http(s) URL, without building its parts: the netloc
-        # runs to the first / ? or #. Tabs and newlines (which urlsplit deletes) and brackets (IPv6
-        # checks) take the full path below.
-        rest = url[8:] if url[4] == "s" else url[7:]
-        if not any(c in rest for c in "\t\r\n[]"):
-            end = len(rest)
-            for sep in "/?#":
-                found = rest.find(sep, 0, end)
-                if found != -1:
-                    end = found
-            return end > 0
+    if url.isascii() and _PLAIN_HTTP_URL.fullmatch(url):
+        # What urlsplit decides for such a URL, without building its parts: the netloc runs to the
+        # first / ? or #, and must not be empty.
+        start = 8 if url[4] == "s" else 7
+        return len(url) > start and url[start] not in "/?#"
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unclosed IPv6 bracket

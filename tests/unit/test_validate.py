@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consumer.validate import (
     ACTION_SOURCES,
@@ -16,6 +19,7 @@ from consumer.validate import (
     REJECTION_REASONS,
     Rejection,
     _check_keys,
+    is_http_url,
     validate_event,
     validate_mapped_event,
 )
@@ -125,6 +129,23 @@ def test_website_events_need_url_and_user_agent() -> None:
 def test_event_source_url_must_be_http(url: str) -> None:
     ev = event(action_source="website", event_source_url=url, user_data={"em": EM, "client_user_agent": "UA"})
     assert reason_of(ev) == "invalid_event_source_url"
+
+
+def _urlsplit_says_http(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.sampled_from(["http://", "https://", "HTTP://", "http:/", "https:", " http://", ""]),
+    st.text(alphabet="ab.:@/?#[]\t\r\n %é1", max_size=12),
+)
+def test_the_http_url_fast_path_decides_what_urlsplit_decides(prefix: str, rest: str) -> None:
+    assert is_http_url(prefix + rest) == _urlsplit_says_http(prefix + rest), prefix + rest
 
 
 def test_app_events_need_app_data() -> None:
