@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -97,4 +98,7 @@ def machine() -> dict[str, object]:
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        # The interpreter the workers run on: a build without profile-guided optimisation (pyenv's
+        # default) runs Python code much slower than the ones the image ships (docs/performance.md).
+        "python_binary": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
     }

@@ -1321,7 +1321,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{table}\n")
     print(
         f"machine: {machine['cpus']} x {machine['cpu_model']}, {machine['memory_gb']} GB; load average "
-        f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; {wall_s} s"
+        f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; {wall_s} s; "
+        f"Python {machine['python']} ({machine['python_binary']})"
     )
     print(f"results: {path.relative_to(REPO)}")
     return 0 if all(not r.error and not r.tenant_events_missing for r in results.values()) else 1
