@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from consumer import __version__
 
@@ -90,7 +91,8 @@ class BatchHistogram(Collector):
         cumulative, buckets = 0, []
         for bound, n in zip(self._bounds, counts, strict=True):
             cumulative += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            # The `le` labels Histogram writes (prometheus-client leaves this helper unannotated).
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
         family = HistogramMetricFamily(self._name, self._documentation)
         family.add_metric([], buckets, total, timestamp=None)
         family.add_sample(self._name + "_created", {}, self._created)

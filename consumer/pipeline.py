@@ -433,10 +433,10 @@ class Pipeline:
         keys: Counter[str] = Counter()
         for key_set, n in key_sets.items():
             for key in key_set:
-                keys[key] += n
+                if key in _MATCH_KEY_SET:
+                    keys[key] += n
         for key, n in keys.items():
-            if key in _MATCH_KEY_SET:
-                m.child(m.match_keys, label, key).inc(n)
+            m.child(m.match_keys, label, key).inc(n)
 
     # -- routing and parking (platform mode)
     def _unroutable(self, route: Unroutable, origin: Origin, ticket: Ticket) -> None:

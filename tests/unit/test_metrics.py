@@ -90,12 +90,13 @@ def test_operations_doc_documents_every_metric_with_its_type_and_labels() -> Non
 
 
 def test_a_batch_histogram_exports_what_a_histogram_observing_each_value_exports() -> None:
-    values = [0.0, 0.05, 0.07, 0.1, 0.5, 1.0, 3.0, 1e9]
+    values = [0.0, 0.05, 0.07, 0.1, 0.5, 1.0, 3.0, 1e6, 1e9]
+    buckets = (0.05, 0.1, 1.0, 1e6)  # 1e6: a bound whose `le` label Go's float format writes as 1e+06
     one_by_one, batched = CollectorRegistry(), CollectorRegistry()
-    histogram = Histogram("capi_x_seconds", "some help text", buckets=(0.05, 0.1, 1.0), registry=one_by_one)
+    histogram = Histogram("capi_x_seconds", "some help text", buckets=buckets, registry=one_by_one)
     for value in values:
         histogram.observe(value)
-    batch = BatchHistogram("capi_x_seconds", "some help text", (0.05, 0.1, 1.0), batched)
+    batch = BatchHistogram("capi_x_seconds", "some help text", buckets, batched)
     batch.observe_many(values[:3])
     batch.observe_many([])
     batch.observe_many(values[3:])
