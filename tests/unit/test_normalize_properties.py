@@ -17,6 +17,7 @@ from consumer.normalize import (
     Normalized,
     Normalizer,
     Omission,
+    _phone,
 )
 from consumer.validate import _check_normalized_user_data, _check_user_data
 
@@ -140,3 +141,43 @@ def test_validation_may_trust_what_the_normalizer_emits(raw: dict[str, object]) 
         if key in HASHED_FIELDS:
             assert all(SHA256_HEX.fullmatch(v) for v in values), key
     assert _check_user_data(out) == _check_normalized_user_data(out)
+
+
+# Phone-shaped text: the plain ASCII forms the shortcut takes, and near misses it must leave alone.
+phone_text = st.one_of(
+    st.from_regex(r"(\+|00)?[0-9 ().\-]{0,20}", fullmatch=True),
+    st.from_regex(r"[0-9 ()\-]{0,4}\+?[0-9 ().\-]{6,16}", fullmatch=True),
+    st.text(alphabet="0123456789 ().-+/x#,;ext", max_size=24),
+    st.builds(
+        lambda a, n, b: a + " " * n + b,
+        st.from_regex(r"\+?[0-9]{1,3}", fullmatch=True),
+        st.integers(0, 260),
+        st.from_regex(r"[0-9]{6,12}", fullmatch=True),
+    ),
+)
+phone_regions = st.sampled_from([None, "US", "GB", "DE", "FR", "IT", "NL", "BR", "IN", "JP", "AU", "RU"])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=phone_text, region=phone_regions)
+def test_the_phone_shortcut_reads_every_number_as_libphonenumber_reads_the_whole_text(
+    text: str, region: str | None
+) -> None:
+    # `_phone` hands libphonenumber only the digits of plain ASCII numbers; the output must be
+    # exactly what it gives for the text as typed (including every refusal).
+    assert _phone(text, region) == _phone(text, region, shortcut=False)
+
+
+def test_the_phone_shortcut_changes_nothing_on_the_benchmark_shapes_and_edge_cases() -> None:
+    for text, region in [
+        ("+1 (650) 555-0123", None),
+        ("(212) 555-0123", "US"),
+        ("020 7946 0123", "GB"),
+        ("06 12 34 01 23", "FR"),
+        ("+49 30 90180123", "DE"),
+        ("+31 (0)20 123 4567", None),
+        ("0 044 20 7946 0018", "GB"),
+        ("00 44 20 7946 0018", "US"),
+        ("1" + " " * 250 + "6505550123", "US"),  # over libphonenumber's input limit: refused both ways
+    ]:
+        assert _phone(text, region) == _phone(text, region, shortcut=False), text
