@@ -8,6 +8,7 @@ again, to measure each against the same code.
 
     .venv/bin/python -m bench.hotpath --records 20000 [--stage all|decode|map] [--profile out.html]
         [--disable lean-decode] [--disable generated-mapping] [--disable user-data-memo]
+        [--disable generated-reader]
 
 The time reported is the process's CPU time (best of `--repeat` runs), which other load on a shared
 machine disturbs less than the wall clock; the wall-clock seconds are reported beside it. The
@@ -43,7 +44,7 @@ from consumer.normalize import Normalizer
 from consumer.offsets import OffsetLedger
 from consumer.process import Processed, Undecodable, process_record
 
-OPTIMISATIONS = ("lean-decode", "generated-mapping", "user-data-memo")
+OPTIMISATIONS = ("lean-decode", "generated-mapping", "user-data-memo", "generated-reader")
 DEFAULT_MEMO_SIZE = inspect.signature(Normalizer).parameters["memo_size"].default
 
 
@@ -81,7 +82,11 @@ def build(records: int, disable: frozenset[str] = frozenset()) -> tuple[list[byt
     now_ms = int(time.time() * 1000)
     values = [avro_bytes(schema, r) for r in orders(records, now_ms=now_ms)]
     reader = parse_schema(json.loads(ORDER_SCHEMA_PATH.read_text()))
-    decoder = Decoder({"orders": reader}, writer_schemas={"orders": reader})
+    decoder = Decoder(
+        {"orders": reader},
+        writer_schemas={"orders": reader},
+        generated_readers="generated-reader" not in disable,
+    )
     metrics = Metrics()
     ledger = OffsetLedger()
     batcher = Batcher(max_events=1000, max_bytes=2_000_000, linger_s=0.2, clock=time.monotonic)

@@ -13,7 +13,9 @@ registry is unreachable, the loop serving everything else meanwhile) and hands t
 bytes) for the mapping to convert the few it reads. It does so only when the writer schema declares
 exactly the reader schema's logical types wherever the reader has a field (so a raw value means what
 the reader schema says) and no value could fail its conversion; otherwise it decodes like `decode`
-and says so.
+and says so. When the writer schema is the reader schema, it reads with a reader generated for the
+schema (`consumer.avro_reader`, about 2.5 x faster than fastavro on the benchmark's orders), and lets
+fastavro read whatever that one does not read plainly.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import to_parsing_canonical_form
 
 from consumer.avro_json import RAW_LOGICAL_TYPES, SchemaIndex, raw_logical_key
+from consumer.avro_reader import Reader, compile_reader
 from consumer.errors import (
     AVRO_DECODE_ERROR,
     EMPTY_VALUE,
@@ -187,6 +190,8 @@ class _Lean:
     int_ranges: tuple[tuple[_Position, int, int], ...]
     """Positions of raw timestamps and dates, with the raw values fastavro converts without error."""
     has_decimals: bool
+    read: Reader | None = None
+    """The generated reader of `writer` (`consumer.avro_reader`) when no resolution is needed."""
 
     def convertible(self, record: dict[str, Any]) -> bool:
         """Whether fastavro would convert every raw timestamp and date of `record` without error."""
@@ -206,16 +211,21 @@ class _Lean:
         return True
 
 
-def _lean(writer: Schema, reader: Schema | None, reader_for_meaning: Schema) -> _Lean | None:
+def _lean(
+    writer: Schema, reader: Schema | None, reader_for_meaning: Schema, *, generate: bool = True
+) -> _Lean | None:
     """The lean way to read `writer` (resolved into `reader`, None when identical), or None when raw
-    values would not mean what `reader_for_meaning` (the topic's reader schema) declares."""
+    values would not mean what `reader_for_meaning` (the topic's reader schema) declares. `generate`:
+    with a generated reader where one applies."""
     try:
-        return _lean_reading(writer, reader, reader_for_meaning)
+        return _lean_reading(writer, reader, reader_for_meaning, generate)
     except Exception:  # a schema shape this analysis does not follow: decode converted, as always
         return None
 
 
-def _lean_reading(writer: Schema, reader: Schema | None, reader_for_meaning: Schema) -> _Lean | None:
+def _lean_reading(
+    writer: Schema, reader: Schema | None, reader_for_meaning: Schema, generate: bool
+) -> _Lean | None:
     try:
         wanted = _value_classes(reader_for_meaning)
         written = _value_classes(writer)
@@ -242,7 +252,8 @@ def _lean_reading(writer: Schema, reader: Schema | None, reader_for_meaning: Sch
     lean_reader = (
         None if reader is None else fastavro.parse_schema(_without_raw_logical(_schema_dict(reader)))
     )
-    return _Lean(lean_writer, lean_reader, tuple(int_ranges), has_decimals)
+    read = compile_reader(lean_writer) if generate and lean_reader is None else None
+    return _Lean(lean_writer, lean_reader, tuple(int_ranges), has_decimals, read)
 
 
 def _in_range(value: Any, path: _Position, i: int, low: int, high: int) -> bool:
@@ -278,8 +289,11 @@ class Decoder:
         *,
         registry: SchemaRegistryClient | None = None,
         writer_schemas: Mapping[str, Schema] | None = None,
+        generated_readers: bool = True,
     ) -> None:
-        """`writer_schemas`: topics in schemaless mode (plain Avro binary with a fixed writer schema)."""
+        """`writer_schemas`: topics in schemaless mode (plain Avro binary with a fixed writer schema).
+        `generated_readers=False`: fastavro reads every record (to measure the generated readers)."""
+        self._generate = generated_readers
         self._readers = dict(reader_schemas)
         self._reader_forms = {t: to_parsing_canonical_form(s) for t, s in self._readers.items()}
         self._schemaless = dict(writer_schemas or {})
@@ -287,7 +301,9 @@ class Decoder:
         # (topic, schema id) -> (writer schema, reader schema or None when identical, lean reading)
         self._resolved: dict[tuple[str, int], tuple[Schema, Schema | None, _Lean | None]] = {}
         self._lean_schemaless = {
-            t: _lean(w, None if self._same(w, t) else self._readers[t], self._readers[t])
+            t: _lean(
+                w, None if self._same(w, t) else self._readers[t], self._readers[t], generate=self._generate
+            )
             for t, w in self._schemaless.items()
         }
         self._fetched: dict[int, str] = {}
@@ -312,6 +328,15 @@ class Decoder:
         start, writer, reader, lean = self._locate(topic, value)
         assert value is not None  # _locate refused it
         if lean is not None and not (lean.has_decimals and len(value) > _MAX_LEAN_VALUE_BYTES):
+            if lean.read is not None:
+                try:
+                    fast: dict[str, Any] | None = lean.read(value, start)
+                except Exception:
+                    fast = None  # not plainly readable: fastavro reads it (and decides how it fails)
+                if fast is not None:
+                    if lean.convertible(fast):
+                        return fast, True
+                    return self._read(value, start, writer, reader), False
             buf = io.BytesIO(value)
             buf.seek(start)
             try:
@@ -427,7 +452,7 @@ class Decoder:
         # Resolution costs time on every record; skip it when writer and reader are the same schema.
         if self._same(writer, topic):
             reader = None
-        resolved = (writer, reader, _lean(writer, reader, self._readers[topic]))
+        resolved = (writer, reader, _lean(writer, reader, self._readers[topic], generate=self._generate))
         self._resolved[(topic, schema_id)] = resolved
         return resolved
 

@@ -1,0 +1,271 @@
+"""Generated Avro readers: one Python function per writer schema, the decode stage's fast path.
+
+fastavro's Cython reader pulls every byte through a file object (`read(1)` per varint byte) and picks
+each value's reader by comparing type names; for the records this service reads (a few dozen short
+strings in unions) that dispatch is most of its cost. `compile_reader` writes, once per schema, a
+function that reads the same bytes straight from the `bytes` value with the schema's shape unrolled
+into code, so the per-record work is the reading itself.
+
+It covers exactly what it can read *identically* to `fastavro.schemaless_reader(fo, schema, None)`:
+a writer schema read without resolution (the reader schema is the writer's) and without any logical
+type left for fastavro to convert (the decode stage strips timestamps, dates and decimals first, see
+`consumer.decode`). For any other schema `compile_reader` returns None and fastavro reads it.
+
+A generated reader is strict: whatever it cannot read plainly (a truncated value, a union or enum
+index out of range, a negative length, a varint over ten bytes, invalid UTF-8) raises `Unreadable`
+or the Python error it hit, and the caller then lets fastavro read the value, so what a damaged record
+decodes to (or fails with) is fastavro's verdict, unchanged. tests/unit/test_avro_reader.py holds the
+two readers equal on valid data for every Avro type.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+Reader = Callable[[bytes, int], dict[str, Any]]
+"""(value, start) -> the record; raises on anything it cannot read plainly."""
+
+_PRIMITIVES: Final = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_MAX_VARINT_BYTES: Final = 10
+_MAX_ONE_BYTE_BRANCHES: Final = 64
+_FLOAT: Final = struct.Struct("<f").unpack_from
+_DOUBLE: Final = struct.Struct("<d").unpack_from
+
+
+class Unreadable(Exception):
+    """A value a generated reader does not read plainly (fastavro decides what it is)."""
+
+
+class _Unsupported(Exception):
+    """A schema shape `compile_reader` does not generate code for."""
+
+
+def _long(data: bytes, pos: int) -> tuple[int, int]:
+    """A zig-zag varint starting at `pos` (any length): (value, position after it)."""
+    n = 0
+    shift = 0
+    for _ in range(_MAX_VARINT_BYTES):
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
+    raise Unreadable("varint longer than ten bytes")
+
+
+def _count(data: bytes, pos: int) -> tuple[int, int]:
+    """A length or index: a varint that must not be negative."""
+    n, pos = _long(data, pos)
+    if n < 0:
+        raise Unreadable("negative length or index")
+    return n, pos
+
+
+class _Code:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.consts: dict[str, Any] = {}
+        self._n = 0
+
+    def var(self, stem: str) -> str:
+        self._n += 1
+        return f"{stem}{self._n}"
+
+    def const(self, value: Any) -> str:
+        name = self.var("_k")
+        self.consts[name] = value
+        return name
+
+    def __call__(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+
+class _Generator:
+    def __init__(self) -> None:
+        self.code = _Code()
+        self.names: dict[str, Any] = {}
+        self.open_records: set[str] = set()
+
+    def resolve(self, schema: Any) -> Any:
+        if isinstance(schema, str) and schema not in _PRIMITIVES:
+            if schema in self.open_records:
+                raise _Unsupported("recursive schema")
+            if schema not in self.names:
+                raise _Unsupported(f"unknown named type {schema}")
+            return self.names[schema]
+        return schema
+
+    def value(self, schema: Any, target: str, indent: int) -> None:
+        """Emit code that reads one value of `schema` at `pos` into the variable `target`."""
+        c = self.code
+        schema = self.resolve(schema)
+        if isinstance(schema, list):
+            self.union(schema, target, indent)
+            return
+        if isinstance(schema, dict):
+            if "logicalType" in schema:
+                raise _Unsupported("logical type left for fastavro to convert")
+            kind = schema.get("type")
+            if kind in _PRIMITIVES:
+                self.value(kind, target, indent)
+                return
+            name = schema.get("name")
+            if kind in ("record", "enum", "fixed") and isinstance(name, str):
+                self.names[name] = schema
+            if kind == "record":
+                self.record(schema, target, indent)
+            elif kind == "enum":
+                symbols = c.const(tuple(schema["symbols"]))
+                index = c.var("i")
+                self.count(index, indent)
+                c(indent, f"{target} = {symbols}[{index}] if {index} < {len(schema['symbols'])} else _bad()")
+            elif kind == "fixed":
+                width = int(schema["size"])
+                c(indent, f"{target} = data[pos:pos + {width}]")
+                c(indent, f"pos += {width}")
+            elif kind == "array":
+                self.array(schema["items"], target, indent)
+            elif kind == "map":
+                self.map(schema["values"], target, indent)
+            else:
+                raise _Unsupported(f"type {kind!r}")
+            return
+        if schema == "null":
+            c(indent, f"{target} = None")
+        elif schema == "boolean":
+            c(indent, f"{target} = data[pos] != 0")
+            c(indent, "pos += 1")
+        elif schema in ("int", "long"):
+            c(indent, "b = data[pos]")
+            c(indent, "if b < 128:")
+            c(indent + 1, f"{target} = (b >> 1) ^ -(b & 1)")
+            c(indent + 1, "pos += 1")
+            c(indent, "else:")
+            c(indent + 1, f"{target}, pos = _long(data, pos)")
+        elif schema == "float":
+            c(indent, f"{target} = _float(data, pos)[0]")
+            c(indent, "pos += 4")
+        elif schema == "double":
+            c(indent, f"{target} = _double(data, pos)[0]")
+            c(indent, "pos += 8")
+        elif schema in ("bytes", "string"):
+            size = c.var("n")
+            self.count(size, indent)
+            decode = ".decode()" if schema == "string" else ""
+            # The slice's start is read before the assignment expression moves `pos` past the value.
+            c(indent, f"{target} = data[pos:(pos := pos + {size})]{decode}")
+        else:
+            raise _Unsupported(f"type {schema!r}")
+
+    def count(self, target: str, indent: int) -> None:
+        """A non-negative varint (length, index): one byte when even and below 128."""
+        c = self.code
+        c(indent, f"{target} = data[pos]")
+        c(indent, f"if {target} & 0x81:  # negative, or more than one byte")
+        c(indent + 1, f"{target}, pos = _count(data, pos)")
+        c(indent, "else:")
+        c(indent + 1, f"{target} >>= 1")
+        c(indent + 1, "pos += 1")
+
+    def union(self, branches: list[Any], target: str, indent: int) -> None:
+        # The branch index as its one-byte zig-zag encoding (2 * index): a longer or unusual encoding
+        # of a valid index is left to fastavro like any other surprise.
+        if len(branches) > _MAX_ONE_BYTE_BRANCHES:
+            raise _Unsupported("union of more than 64 branches")
+        c = self.code
+        index = c.var("u")
+        c(indent, f"{index} = data[pos]")
+        c(indent, "pos += 1")
+        for i, branch in enumerate(branches):
+            c(indent, f"{'if' if i == 0 else 'elif'} {index} == {2 * i}:")
+            self.value(branch, target, indent + 1)
+        c(indent, "else:")
+        c(indent + 1, "_bad()")
+
+    def record(self, schema: dict[str, Any], target: str, indent: int) -> None:
+        c = self.code
+        name = schema.get("name")
+        if isinstance(name, str):
+            self.open_records.add(name)
+        fields = [(f["name"], c.var("f")) for f in schema["fields"]]
+        for field, (_, var) in zip(schema["fields"], fields, strict=True):
+            self.value(field["type"], var, indent)
+        items = ", ".join(f"{name!r}: {var}" for name, var in fields)
+        c(indent, f"{target} = {{{items}}}")
+        if isinstance(name, str):
+            self.open_records.discard(name)
+
+    def blocks(self, indent: int, body: Callable[[int], None]) -> None:
+        """Emit the block loop of an array or map; `body` emits the reading of one item."""
+        c = self.code
+        count = c.var("c")
+        c(indent, "while True:")
+        c(indent + 1, f"{count}, pos = _long(data, pos)")
+        c(indent + 1, f"if {count} == 0:")
+        c(indent + 2, "break")
+        c(indent + 1, f"if {count} < 0:")
+        c(indent + 2, f"{count} = -{count}")
+        c(indent + 2, "_, pos = _long(data, pos)  # the block's size in bytes, not needed")
+        c(indent + 1, f"for _ in range({count}):")
+        body(indent + 2)
+
+    def array(self, items: Any, target: str, indent: int) -> None:
+        c = self.code
+        item = c.var("a")
+        c(indent, f"{target} = []")
+
+        def body(inner: int) -> None:
+            self.value(items, item, inner)
+            c(inner, f"{target}.append({item})")
+
+        self.blocks(indent, body)
+
+    def map(self, values: Any, target: str, indent: int) -> None:
+        c = self.code
+        key = c.var("m")
+        item = c.var("v")
+        c(indent, f"{target} = {{}}")
+
+        def body(inner: int) -> None:
+            self.value("string", key, inner)
+            self.value(values, item, inner)
+            c(inner, f"{target}[{key}] = {item}")
+
+        self.blocks(indent, body)
+
+
+def _bad() -> Any:
+    raise Unreadable("union or enum index out of range")
+
+
+def compile_reader(schema: Any) -> Reader | None:
+    """A reader for records of the fastavro-parsed `schema` (a record), or None when the schema has a
+    shape this module leaves to fastavro (see the module docstring)."""
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        return None
+    generator = _Generator()
+    code = generator.code
+    code(0, "def read(data, pos):")
+    try:
+        generator.value(schema, "record", 1)
+    except (_Unsupported, KeyError, TypeError, ValueError):
+        return None
+    code(1, "if pos > len(data):")
+    code(2, "raise _Unreadable('value ends inside the record')")
+    code(1, "return record")
+    namespace: dict[str, Any] = {
+        "_long": _long,
+        "_count": _count,
+        "_float": _FLOAT,
+        "_double": _DOUBLE,
+        "_bad": _bad,
+        "_Unreadable": Unreadable,
+        **code.consts,
+    }
+    source = "\n".join(code.lines) + "\n"
+    exec(compile(source, "<generated avro reader>", "exec"), namespace)
+    reader: Reader = namespace["read"]
+    return reader
