@@ -21,9 +21,11 @@ two readers equal on valid data for every Avro type.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
+Position = tuple[str, ...]
+"""Where a value sits in a record: field names, `[]` for an array's items, `{}` for a map's values."""
 Reader = Callable[[bytes, int], dict[str, Any]]
 """(value, start) -> the record; raises on anything it cannot read plainly."""
 
@@ -43,17 +45,22 @@ class _Unsupported(Exception):
 
 
 def _long(data: bytes, pos: int) -> tuple[int, int]:
-    """A zig-zag varint starting at `pos` (any length): (value, position after it)."""
+    """A zig-zag varint starting at `pos` (any length): (value, position after it). fastavro reads
+    varints into 64 bits, so a longer one is not read plainly."""
     n = 0
     shift = 0
-    for _ in range(_MAX_VARINT_BYTES):
+    while True:
         b = data[pos]
         pos += 1
         n |= (b & 0x7F) << shift
         if not b & 0x80:
-            return (n >> 1) ^ -(n & 1), pos
+            break
         shift += 7
-    raise Unreadable("varint longer than ten bytes")
+        if shift >= 7 * _MAX_VARINT_BYTES:
+            raise Unreadable("varint longer than ten bytes")
+    if n >> 64:
+        raise Unreadable("varint over 64 bits")
+    return (n >> 1) ^ -(n & 1), pos
 
 
 def _count(data: bytes, pos: int) -> tuple[int, int]:
@@ -84,7 +91,8 @@ class _Code:
 
 
 class _Generator:
-    def __init__(self) -> None:
+    def __init__(self, int_ranges: Mapping[Position, Iterable[tuple[int, int]]]) -> None:
+        self.int_ranges = {path: tuple(ranges) for path, ranges in int_ranges.items()}
         self.code = _Code()
         self.names: dict[str, Any] = {}
         self.open_records: set[str] = set()
@@ -98,25 +106,26 @@ class _Generator:
             return self.names[schema]
         return schema
 
-    def value(self, schema: Any, target: str, indent: int) -> None:
-        """Emit code that reads one value of `schema` at `pos` into the variable `target`."""
+    def value(self, schema: Any, target: str, indent: int, path: Position = ()) -> None:
+        """Emit code that reads one value of `schema` at `pos` into the variable `target`; `path`: where
+        the value sits (field names, `[]` for array items, `{}` for map values)."""
         c = self.code
         schema = self.resolve(schema)
         if isinstance(schema, list):
-            self.union(schema, target, indent)
+            self.union(schema, target, indent, path)
             return
         if isinstance(schema, dict):
             if "logicalType" in schema:
                 raise _Unsupported("logical type left for fastavro to convert")
             kind = schema.get("type")
             if kind in _PRIMITIVES:
-                self.value(kind, target, indent)
+                self.value(kind, target, indent, path)
                 return
             name = schema.get("name")
             if kind in ("record", "enum", "fixed") and isinstance(name, str):
                 self.names[name] = schema
             if kind == "record":
-                self.record(schema, target, indent)
+                self.record(schema, target, indent, path)
             elif kind == "enum":
                 symbols = c.const(tuple(schema["symbols"]))
                 index = c.var("i")
@@ -127,9 +136,9 @@ class _Generator:
                 c(indent, f"{target} = data[pos:pos + {width}]")
                 c(indent, f"pos += {width}")
             elif kind == "array":
-                self.array(schema["items"], target, indent)
+                self.array(schema["items"], target, indent, path)
             elif kind == "map":
-                self.map(schema["values"], target, indent)
+                self.map(schema["values"], target, indent, path)
             else:
                 raise _Unsupported(f"type {kind!r}")
             return
@@ -145,6 +154,9 @@ class _Generator:
             c(indent + 1, "pos += 1")
             c(indent, "else:")
             c(indent + 1, f"{target}, pos = _long(data, pos)")
+            for low, high in self.int_ranges.get(path, ()):
+                c(indent, f"if not {low} <= {target} <= {high}:")
+                c(indent + 1, "_out_of_range()")
         elif schema == "float":
             c(indent, f"{target} = _float(data, pos)[0]")
             c(indent, "pos += 4")
@@ -170,7 +182,7 @@ class _Generator:
         c(indent + 1, f"{target} >>= 1")
         c(indent + 1, "pos += 1")
 
-    def union(self, branches: list[Any], target: str, indent: int) -> None:
+    def union(self, branches: list[Any], target: str, indent: int, path: Position) -> None:
         # The branch index as its one-byte zig-zag encoding (2 * index): a longer or unusual encoding
         # of a valid index is left to fastavro like any other surprise.
         if len(branches) > _MAX_ONE_BYTE_BRANCHES:
@@ -181,18 +193,18 @@ class _Generator:
         c(indent, "pos += 1")
         for i, branch in enumerate(branches):
             c(indent, f"{'if' if i == 0 else 'elif'} {index} == {2 * i}:")
-            self.value(branch, target, indent + 1)
+            self.value(branch, target, indent + 1, path)
         c(indent, "else:")
         c(indent + 1, "_bad()")
 
-    def record(self, schema: dict[str, Any], target: str, indent: int) -> None:
+    def record(self, schema: dict[str, Any], target: str, indent: int, path: Position) -> None:
         c = self.code
         name = schema.get("name")
         if isinstance(name, str):
             self.open_records.add(name)
         fields = [(f["name"], c.var("f")) for f in schema["fields"]]
         for field, (_, var) in zip(schema["fields"], fields, strict=True):
-            self.value(field["type"], var, indent)
+            self.value(field["type"], var, indent, (*path, field["name"]))
         items = ", ".join(f"{name!r}: {var}" for name, var in fields)
         c(indent, f"{target} = {{{items}}}")
         if isinstance(name, str):
@@ -203,27 +215,32 @@ class _Generator:
         c = self.code
         count = c.var("c")
         c(indent, "while True:")
-        c(indent + 1, f"{count}, pos = _long(data, pos)")
+        c(indent + 1, f"{count} = data[pos]")
+        c(indent + 1, f"if {count} & 0x81:  # negative, or more than one byte")
+        c(indent + 2, f"{count}, pos = _long(data, pos)")
+        c(indent + 2, f"if {count} < 0:")
+        c(indent + 3, f"{count} = -{count}")
+        c(indent + 3, "_, pos = _long(data, pos)  # the block's size in bytes, not needed")
+        c(indent + 1, "else:")
+        c(indent + 2, f"{count} >>= 1")
+        c(indent + 2, "pos += 1")
         c(indent + 1, f"if {count} == 0:")
         c(indent + 2, "break")
-        c(indent + 1, f"if {count} < 0:")
-        c(indent + 2, f"{count} = -{count}")
-        c(indent + 2, "_, pos = _long(data, pos)  # the block's size in bytes, not needed")
         c(indent + 1, f"for _ in range({count}):")
         body(indent + 2)
 
-    def array(self, items: Any, target: str, indent: int) -> None:
+    def array(self, items: Any, target: str, indent: int, path: Position) -> None:
         c = self.code
         item = c.var("a")
         c(indent, f"{target} = []")
 
         def body(inner: int) -> None:
-            self.value(items, item, inner)
+            self.value(items, item, inner, (*path, "[]"))
             c(inner, f"{target}.append({item})")
 
         self.blocks(indent, body)
 
-    def map(self, values: Any, target: str, indent: int) -> None:
+    def map(self, values: Any, target: str, indent: int, path: Position) -> None:
         c = self.code
         key = c.var("m")
         item = c.var("v")
@@ -231,7 +248,7 @@ class _Generator:
 
         def body(inner: int) -> None:
             self.value("string", key, inner)
-            self.value(values, item, inner)
+            self.value(values, item, inner, (*path, "{}"))
             c(inner, f"{target}[{key}] = {item}")
 
         self.blocks(indent, body)
@@ -241,12 +258,20 @@ def _bad() -> Any:
     raise Unreadable("union or enum index out of range")
 
 
-def compile_reader(schema: Any) -> Reader | None:
+def _out_of_range() -> None:
+    raise Unreadable("an int outside the range its logical type converts")
+
+
+def compile_reader(
+    schema: Any, int_ranges: Mapping[Position, Iterable[tuple[int, int]]] | None = None
+) -> Reader | None:
     """A reader for records of the fastavro-parsed `schema` (a record), or None when the schema has a
-    shape this module leaves to fastavro (see the module docstring)."""
+    shape this module leaves to fastavro (see the module docstring). `int_ranges`: positions (as
+    `consumer.decode` names them) whose ints must lie in every given [low, high] (raw timestamps and
+    dates the mapping converts); an int outside is not read plainly."""
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
-    generator = _Generator()
+    generator = _Generator(int_ranges or {})
     code = generator.code
     code(0, "def read(data, pos):")
     try:
@@ -262,6 +287,7 @@ def compile_reader(schema: Any) -> Reader | None:
         "_float": _FLOAT,
         "_double": _DOUBLE,
         "_bad": _bad,
+        "_out_of_range": _out_of_range,
         "_Unreadable": Unreadable,
         **code.consts,
     }

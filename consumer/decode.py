@@ -34,7 +34,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import to_parsing_canonical_form
 
 from consumer.avro_json import RAW_LOGICAL_TYPES, SchemaIndex, raw_logical_key
-from consumer.avro_reader import Reader, compile_reader
+from consumer.avro_reader import Position, Reader, compile_reader
 from consumer.errors import (
     AVRO_DECODE_ERROR,
     EMPTY_VALUE,
@@ -98,7 +98,7 @@ _COMPLEX_CLASS = {
     "fixed": "bytes",
 }
 
-_Position = tuple[str, ...]
+_Position = Position
 """Field names from the top record; "[]" steps into array items, "{}" into map values."""
 _Annotation = tuple[str, Any, Any]
 """A logical type left raw: (fastavro key, precision, scale)."""
@@ -191,7 +191,8 @@ class _Lean:
     """Positions of raw timestamps and dates, with the raw values fastavro converts without error."""
     has_decimals: bool
     read: Reader | None = None
-    """The generated reader of `writer` (`consumer.avro_reader`) when no resolution is needed."""
+    """The generated reader of `writer` (`consumer.avro_reader`) when no resolution is needed; it
+    refuses ints outside `int_ranges`, so what it reads is `convertible`."""
 
     def convertible(self, record: dict[str, Any]) -> bool:
         """Whether fastavro would convert every raw timestamp and date of `record` without error."""
@@ -252,7 +253,11 @@ def _lean_reading(
     lean_reader = (
         None if reader is None else fastavro.parse_schema(_without_raw_logical(_schema_dict(reader)))
     )
-    read = compile_reader(lean_writer) if generate and lean_reader is None else None
+    ranges: dict[_Position, list[tuple[int, int]]] = {}
+    for path, low, high in int_ranges:
+        ranges.setdefault(path, []).append((low, high))
+    # The generated reader checks the ranges itself: what it returns is convertible.
+    read = compile_reader(lean_writer, ranges) if generate and lean_reader is None else None
     return _Lean(lean_writer, lean_reader, tuple(int_ranges), has_decimals, read)
 
 
@@ -334,9 +339,7 @@ class Decoder:
                 except Exception:
                     fast = None  # not plainly readable: fastavro reads it (and decides how it fails)
                 if fast is not None:
-                    if lean.convertible(fast):
-                        return fast, True
-                    return self._read(value, start, writer, reader), False
+                    return fast, True
             buf = io.BytesIO(value)
             buf.seek(start)
             try:

@@ -237,3 +237,17 @@ def test_a_record_the_generated_reader_refuses_fails_as_fastavro_decides() -> No
         with pytest.raises(PipelineError) as plain_error:
             decoder.decode("orders", value[:cut])
         assert lean_error.value.failure == plain_error.value.failure
+
+
+def test_varints_are_read_in_64_bits_like_fastavro_or_not_at_all() -> None:
+    schema = fastavro.parse_schema(
+        {"type": "record", "name": "test.L", "fields": [{"name": "l", "type": "long"}]}
+    )
+    read = compile_reader(schema)
+    assert read is not None
+    widest = b"\xff" * 9 + b"\x01"  # ten bytes, 64 bits: the most fastavro reads
+    assert read(widest, 0) == fastavro_read(schema, widest) == {"l": -(2**63)}
+    with pytest.raises(Unreadable):
+        read(b"\xff" * 9 + b"\x03", 0)  # 65 bits: fastavro would drop the top bit
+    with pytest.raises(Unreadable):
+        read(b"\xff" * 10 + b"\x01", 0)  # eleven bytes
