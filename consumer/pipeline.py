@@ -43,6 +43,9 @@ IDLE_SLEEP_S = 0.01
 REVOKE_POLL_S = 0.01
 _T = TypeVar("_T")
 REGISTRY_RETRY_S = 0.5
+SCHEMA_WAIT_UNPAUSED_S = 2.0
+"""How long records wait for a writer schema with the loop not polling; after that every partition is
+paused and the loop polls again (group membership, rebalances) until the registry answers."""
 REGISTRY_RETRY_MAX_S = 15.0
 REGISTRY_WARN_EVERY_S = 30.0
 LAG_INTERVAL_S = 2.0
@@ -139,6 +142,8 @@ class Pipeline:
         """Events mapped in this poll, by event name (counted into the metric once per poll)."""
         self._overloaded = False
         self._held: list[tuple[Origin, object]] = []
+        self._held_since = 0.0
+        """Monotonic time the first of the held records was held."""
         """Records waiting for their writer schema (with their partition's ledger when held)."""
         self._schema_task: asyncio.Task[None] | None = None
         self.registry_problem: str | None = None
@@ -246,8 +251,14 @@ class Pipeline:
                 self.loop_turned_at = now
                 self.turns += 1
                 p.metrics.last_loop.set(clock.wall())
-                # Paused partitions return nothing, but polling keeps the group membership alive.
-                records = await p.source.poll(MAX_RECORDS_PER_POLL)
+                if self._held and now - self._held_since < SCHEMA_WAIT_UNPAUSED_S:
+                    # A short wait for a writer schema: records stay in librdkafka's queue rather than
+                    # being polled (pausing would drop its prefetched records and cost a second of
+                    # fetching again once resumed).
+                    records = []
+                else:
+                    # Paused partitions return nothing, but polling keeps the group membership alive.
+                    records = await p.source.poll(MAX_RECORDS_PER_POLL)
                 if records:
                     self._count_consumed(records)
                 self._pace(len(records))
@@ -644,7 +655,8 @@ class Pipeline:
         self._overloaded = overloaded
         blocked = p.deliverer.state.blocked()
         topics = set().union(*(p.destination_topics.get(d, set()) for d in blocked)) if blocked else set()
-        p.source.apply_pauses(all_topics=overloaded or bool(self._held), topics=topics)
+        waiting_long = bool(self._held) and p.clock.monotonic() - self._held_since >= SCHEMA_WAIT_UNPAUSED_S
+        p.source.apply_pauses(all_topics=overloaded or waiting_long, topics=topics)
         p.metrics.partitions_paused.set(len(p.source.paused_partitions))
 
     def _export_lag(self) -> None:
@@ -663,11 +675,14 @@ class Pipeline:
         return {i for o in records if (i := to_fetch(o.topic, o.value)) is not None}
 
     def _hold_for_schemas(self, records: Sequence[Origin]) -> list[Origin]:
-        """Hold records (all partitions pause meanwhile) until the writer schemas they need are loaded;
+        """Hold records (the loop stops polling for up to SCHEMA_WAIT_UNPAUSED_S, then all partitions
+        pause and it polls again) until the writer schemas they need are loaded;
         returns the records to handle now, in consumption order. A held record is untracked: nothing
         past it is committed, and if its partition moves away meanwhile it is dropped (the next owner
         reads it again)."""
         ledger = self.p.ledger
+        if not self._held:
+            self._held_since = self.p.clock.monotonic()
         self._held.extend((o, ledger.get((o.topic, o.partition))) for o in records)
         if self._schema_task is not None and not self._schema_task.done():
             return []

@@ -434,6 +434,38 @@ def test_records_wait_for_an_unreachable_registry_without_failing_or_committing(
     run(scenario)
 
 
+def test_a_short_wait_for_a_writer_schema_pauses_nothing() -> None:
+    # Pausing drops librdkafka's prefetched records: for a wait shorter than SCHEMA_WAIT_UNPAUSED_S the
+    # loop just stops polling (here the registry answers the second time, 0.5 s later).
+    async def scenario() -> None:
+        h = Harness.build({"orders": "A"})
+        registry = FlakyRegistry()
+        registry.down = False
+        schema = parse_schema(ORDER_SCHEMA.read_text())
+        h.pipeline.p.decoder = Decoder({"orders": schema}, registry=registry)  # type: ignore[arg-type]
+        original = registry.get_schema
+
+        def first_refused(schema_id: int) -> Any:
+            if registry.asked == 1:  # the start-up ping was the first question
+                registry.asked += 1
+                raise ConnectionRefusedError("registry down for a moment")
+            return original(schema_id)
+
+        registry.get_schema = first_refused  # type: ignore[method-assign]
+        records = orders(5)
+        for record in records:
+            h.broker.append("orders", 0, b"\0" + (7).to_bytes(4, "big") + avro(record))
+        paused: list[bool] = []
+        h.pipeline.p.on_turn = lambda _now: paused.append(bool(h.source.paused_partitions))
+        h.start()
+        await h.until(lambda: len(h.graph.accepted["A"]) == 5)
+        assert registry.asked >= 3  # ping, the refused fetch, the answered one
+        assert not any(paused)
+        await h.stop()
+
+    run(scenario)
+
+
 def test_full_polls_mark_the_loop_catching_up_until_polls_are_small_again() -> None:
     async def scenario() -> None:
         h = Harness.build({"orders": "A"}, max_events=1000)
