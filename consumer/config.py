@@ -804,7 +804,9 @@ class BatchingConfig(_Model):
 class LimitsConfig(_Model):
     """Memory bounds: partitions are paused while in-flight records exceed either cap."""
 
-    max_in_flight_events: Annotated[int, Field(ge=1)] = 20_000
+    # 40,000: room for the open batches of many tenants while catching up (platform mode), about 3.5 KB
+    # of RSS each; a single destination keeps far fewer in flight (docs/performance.md).
+    max_in_flight_events: Annotated[int, Field(ge=1)] = 40_000
     max_in_flight_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
     queued_max_messages_kbytes: Annotated[int, Field(ge=1)] = 16_384
 
