@@ -24,6 +24,8 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
+from consumer.codegen import Code
+
 Position = tuple[str, ...]
 """Where a value sits in a record: field names, `[]` for an array's items, `{}` for a map's values."""
 Reader = Callable[[bytes, int], dict[str, Any]]
@@ -71,29 +73,10 @@ def _count(data: bytes, pos: int) -> tuple[int, int]:
     return n, pos
 
 
-class _Code:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.consts: dict[str, Any] = {}
-        self._n = 0
-
-    def var(self, stem: str) -> str:
-        self._n += 1
-        return f"{stem}{self._n}"
-
-    def const(self, value: Any) -> str:
-        name = self.var("_k")
-        self.consts[name] = value
-        return name
-
-    def __call__(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
-
-
 class _Generator:
-    def __init__(self, int_ranges: Mapping[Position, Iterable[tuple[int, int]]]) -> None:
+    def __init__(self, code: Code, int_ranges: Mapping[Position, Iterable[tuple[int, int]]]) -> None:
         self.int_ranges = {path: tuple(ranges) for path, ranges in int_ranges.items()}
-        self.code = _Code()
+        self.code = code
         self.names: dict[str, Any] = {}
         self.open_records: set[str] = set()
 
@@ -271,8 +254,18 @@ def compile_reader(
     dates the mapping converts); an int outside is not read plainly."""
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
-    generator = _Generator(int_ranges or {})
-    code = generator.code
+    code = Code(
+        {
+            "_long": _long,
+            "_count": _count,
+            "_float": _FLOAT,
+            "_double": _DOUBLE,
+            "_bad": _bad,
+            "_out_of_range": _out_of_range,
+            "_Unreadable": Unreadable,
+        }
+    )
+    generator = _Generator(code, int_ranges or {})
     code(0, "def read(data, pos):")
     try:
         generator.value(schema, "record", 1)
@@ -281,17 +274,5 @@ def compile_reader(
     code(1, "if pos > len(data):")
     code(2, "raise _Unreadable('value ends inside the record')")
     code(1, "return record")
-    namespace: dict[str, Any] = {
-        "_long": _long,
-        "_count": _count,
-        "_float": _FLOAT,
-        "_double": _DOUBLE,
-        "_bad": _bad,
-        "_out_of_range": _out_of_range,
-        "_Unreadable": Unreadable,
-        **code.consts,
-    }
-    source = "\n".join(code.lines) + "\n"
-    exec(compile(source, "<generated avro reader>", "exec"), namespace)
-    reader: Reader = namespace["read"]
+    reader: Reader = code.run("<generated avro reader>")["read"]
     return reader

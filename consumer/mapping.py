@@ -53,6 +53,7 @@ from fastavro.read import LOGICAL_READERS
 
 from consumer.avro_json import RAW_LOGICAL_TYPES, SchemaIndex, raw_logical_key
 from consumer.canonical import builtin_mapping
+from consumer.codegen import Code
 from consumer.config import (
     TENANT_PREFIX,
     AppConfig,
@@ -587,7 +588,7 @@ def _compile_contents(c: _Checker, key: str, spec: ContentsSpec) -> _Contents | 
 # checked plan, so that a record costs straight-line dict lookups instead of a walk over the plan per
 # field. `Mapper.interpret` is the plan's direct reading, kept as the reference that tests hold the
 # generated functions to (same results, same JSON bytes). Generated code names every configured value
-# through its namespace (`_Code.const`); only field names (Avro names, checked against the schema)
+# through its namespace (`Code.const`); only field names (Avro names, checked against the schema)
 # and the key names of this module appear in the source, as `repr()` literals.
 
 
@@ -640,33 +641,10 @@ def _put_raw(raw: dict[str, object], key: str, value: Any) -> None:
         raw[key] = value
 
 
-class _Code:
-    """Python source being generated, and the namespace it runs in."""
-
-    def __init__(self, namespace: dict[str, Any]) -> None:
-        self.lines: list[str] = []
-        self.namespace = namespace
-        self._names = 0
-
-    def const(self, value: Any) -> str:
-        """A name bound to `value` in the namespace (configured values never enter the source)."""
-        name = f"_k{self._names}"
-        self._names += 1
-        self.namespace[name] = value
-        return name
-
-    def var(self, stem: str) -> str:
-        self._names += 1
-        return f"{stem}{self._names}"
-
-    def __call__(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
-
-
 class _Body:
     """Generates one function body: reads share the parent records they go through (looked up once)."""
 
-    def __init__(self, code: _Code, lean: bool) -> None:
+    def __init__(self, code: Code, lean: bool) -> None:
         self.code = code
         self.lean = lean
         self.parents: dict[tuple[str, ...], str] = {}
@@ -720,7 +698,7 @@ class _Body:
             self.parent(path.keys[:-1])
 
 
-def _reject(code: _Code, indent: int, reason: str, detail: str) -> None:
+def _reject(code: Code, indent: int, reason: str, detail: str) -> None:
     code(indent, f"raise _Reject({code.const(reason)}, {code.const(detail)})")
 
 
@@ -788,7 +766,7 @@ def _generate(
         "_UUID": uuid.UUID,
         "_user_data": normalizer.user_data,
     }
-    code = _Code(namespace)
+    code = Code(namespace)
     _generate_body(code, "_body", plan, plan.base, normalizer, memo, lean)
     per_type = {}
     for i, (type_key, parts) in enumerate(plan.per_type.items()):
@@ -832,16 +810,15 @@ def _generate(
         code(1, "return _per_type.get(type_key, _body)(record, event_name)")
     else:
         code(1, "return _body(record, event_name)")
-    source = "\n".join(code.lines) + "\n"
-    exec(compile(source, "<generated mapping>", "exec"), namespace)
+    code.run("<generated mapping>")
     namespace["_per_type"] = {key: namespace[name] for key, name in per_type.items()}
     function: Callable[[Mapping[str, Any]], MapResult] = namespace["_map"]
-    function.__doc__ = source  # the code that runs, for a debugger or a curious reader
+    function.__doc__ = code.source  # the code that runs, for a debugger or a curious reader
     return function
 
 
 def _generate_body(
-    code: _Code,
+    code: Code,
     name: str,
     plan: _Plan,
     parts: _Parts,
@@ -938,7 +915,7 @@ def _generate_body(
 
 
 def _generate_user_data(
-    code: _Code, body: _Body, plan: _Plan, normalizer: Normalizer, memo: Callable[..., Memoized] | None
+    code: Code, body: _Body, plan: _Plan, normalizer: Normalizer, memo: Callable[..., Memoized] | None
 ) -> None:
     """Emit code leaving `user_data` (a dict) and `user_data_omitted` (a tuple)."""
     runs = _memo_runs(plan)
@@ -1009,7 +986,7 @@ def _generate_user_data(
     code(2, "user_data_omitted = tuple(omitted)")
 
 
-def _generate_raw_user_data(code: _Code, body: _Body, plan: _Plan, indent: int) -> None:
+def _generate_raw_user_data(code: Code, body: _Body, plan: _Plan, indent: int) -> None:
     """Emit what `_raw_user_data` does: `raw`, user_data key -> raw value(s)."""
     code(indent, "raw = {}")
     for run in plan.user_data_runs:
@@ -1031,7 +1008,7 @@ def _generate_raw_user_data(code: _Code, body: _Body, plan: _Plan, indent: int) 
             code(indent, f"_put_raw(raw, {key!r}, value)")
 
 
-def _generate_custom_data(code: _Code, body: _Body, parts: _Parts) -> None:
+def _generate_custom_data(code: Code, body: _Body, parts: _Parts) -> None:
     """Emit what `_custom_data` does, leaving `custom_data` (a dict, maybe empty)."""
     constants = parts.constants
     if set(parts.custom_data) & set(constants):
@@ -1109,7 +1086,7 @@ def _generate_custom_data(code: _Code, body: _Body, parts: _Parts) -> None:
         _generate_contents(code, body, parts.contents)
 
 
-def _generate_contents(code: _Code, body: _Body, spec: _Contents) -> None:
+def _generate_contents(code: Code, body: _Body, spec: _Contents) -> None:
     """Emit what `_add_contents` does (into `custom_data`, with `places`)."""
     body.read(1, "items", spec.array)
     code(1, "contents = []")

@@ -142,9 +142,9 @@ class Pipeline:
         """Events mapped in this poll, by event name (counted into the metric once per poll)."""
         self._overloaded = False
         self._held: list[tuple[Origin, object]] = []
+        """Records waiting for their writer schema (with their partition's ledger when held)."""
         self._held_since = 0.0
         """Monotonic time the first of the held records was held."""
-        """Records waiting for their writer schema (with their partition's ledger when held)."""
         self._schema_task: asyncio.Task[None] | None = None
         self.registry_problem: str | None = None
         """Set while the schema registry cannot be reached for a schema the held records need."""
@@ -251,7 +251,7 @@ class Pipeline:
                 self.loop_turned_at = now
                 self.turns += 1
                 p.metrics.last_loop.set(clock.wall())
-                if self._held and now - self._held_since < SCHEMA_WAIT_UNPAUSED_S:
+                if self._held and not self._schema_wait_is_long(now):
                     # A short wait for a writer schema: records stay in librdkafka's queue rather than
                     # being polled (pausing would drop its prefetched records and cost a second of
                     # fetching again once resumed).
@@ -655,7 +655,7 @@ class Pipeline:
         self._overloaded = overloaded
         blocked = p.deliverer.state.blocked()
         topics = set().union(*(p.destination_topics.get(d, set()) for d in blocked)) if blocked else set()
-        waiting_long = bool(self._held) and p.clock.monotonic() - self._held_since >= SCHEMA_WAIT_UNPAUSED_S
+        waiting_long = bool(self._held) and self._schema_wait_is_long(p.clock.monotonic())
         p.source.apply_pauses(all_topics=overloaded or waiting_long, topics=topics)
         p.metrics.partitions_paused.set(len(p.source.paused_partitions))
 
@@ -673,6 +673,10 @@ class Pipeline:
     def _schemas_missing(self, records: Sequence[Origin]) -> set[int]:
         to_fetch = self.p.decoder.schema_to_fetch
         return {i for o in records if (i := to_fetch(o.topic, o.value)) is not None}
+
+    def _schema_wait_is_long(self, now: float) -> bool:
+        """Held records have waited SCHEMA_WAIT_UNPAUSED_S: partitions pause and the loop polls again."""
+        return now - self._held_since >= SCHEMA_WAIT_UNPAUSED_S
 
     def _hold_for_schemas(self, records: Sequence[Origin]) -> list[Origin]:
         """Hold records (the loop stops polling for up to SCHEMA_WAIT_UNPAUSED_S, then all partitions

@@ -32,6 +32,8 @@ PURE = (
     "consumer.validate",
     "consumer.avro_json",
     "consumer.us_states",
+    "consumer.avro_reader",
+    "consumer.codegen",
 )
 LOOP = "consumer.pipeline"
 NETWORK = ("confluent_kafka", "aiohttp", "requests", "urllib", "socket", "http")
