@@ -15,7 +15,7 @@ import sys
 
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.worker_common import Records, StopFlag, WireDecoder
+from bench.worker_common import AnnounceAssignment, Records, StopFlag, WireDecoder
 
 COMMIT_INTERVAL_MS = 200
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             "partition.assignment.strategy": "cooperative-sticky",
         }
     )
-    consumer.subscribe(args.topics.split(","))
+    consumer.subscribe(args.topics.split(","), on_assign=AnnounceAssignment())
     records = Records()
     decoded = 0
     try:

@@ -6,7 +6,7 @@ process, `bench.emulator_probe`):
 1. produce N canonical `placed` order events (three line items, varied PII) in Confluent wire format
    to a topic with 8 partitions (the backlog);
 2. for each scenario start the worker process(es) with a fresh consumer group and measure draining
-   the backlog: events/s from the first record consumed to the moment the group's committed offsets
+   the backlog: events/s from the first partition assignment to the moment the group's committed offsets
    cover all N records, each worker's peak RSS (VmHWM) and CPU seconds (/proc), and the CPU the
    broker, the emulator and everything else on the machine used in the same window. (e)'s two
    processes start on an empty topic and the N records are produced once both hold partitions, so
@@ -246,9 +246,10 @@ def _http(url: str, method: str = "GET", body: Any = None, timeout: float = 10) 
 def _assigned_at(log_path: Path) -> float | None:
     """When capi-consumer logged its first partition assignment (epoch seconds), from its JSON log.
 
+    Every scenario's clock starts at its first assignment (the bench's own workers print theirs,
+    `bench.worker_common.AnnounceAssignment`), so every window includes the fetch of the first records.
     capi-consumer does not announce its first record, and its /metrics endpoint shares the event
-    loop that is busy with records, so scraping it lags by several batches. The assignment comes
-    just before the first fetch, so the measured window is, if anything, slightly too long.
+    loop that is busy with records, so scraping it would lag by several batches.
     """
     try:
         text = log_path.read_text(errors="replace")
@@ -435,7 +436,7 @@ def _capi_config(
 
 
 class Workers:
-    """The process(es) of one scenario and how to tell when the first record was consumed."""
+    """The process(es) of one scenario and how to tell when its clock starts (first assignment)."""
 
     def __init__(
         self,
@@ -477,8 +478,9 @@ class Workers:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
-    def wait_first_consumed(self, timeout_s: float) -> float:
-        """Wall-clock time of the first consumed record (any process)."""
+    def wait_clock_start(self, timeout_s: float) -> float:
+        """Wall-clock time of the first partition assignment (any process): every scenario's clock
+        starts there, so each window includes the time from assignment to the first fetched record."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for proc in self.procs:
@@ -495,7 +497,8 @@ class Workers:
                     payload = json.loads(line)
                     if "error" in payload:
                         raise RuntimeError(payload["error"])
-                    return float(payload["first_consumed"])
+                    if "assigned" in payload:
+                        return float(payload["assigned"])
         raise RuntimeError(f"no record consumed within {timeout_s:.0f}s")
 
     def wait_all_assigned(self, timeout_s: float) -> None:
@@ -732,7 +735,7 @@ def run_scenario(
     """Drain `topic` with the scenario's worker(s). With `produce_after_join`, the topic starts empty:
     the workers start, the group forms (every process holds partitions), then those records are
     produced and the clock starts; otherwise the backlog is already there and the clock starts at
-    the first record consumed. `platform`: the workers run in platform mode with that registry;
+    the first partition assignment. `platform`: the workers run in platform mode with that registry;
     `expected_tenants`: how many of the backlog's events each tenant should receive."""
     result = Result(scenario.key, scenario.title, n)
     group = f"bench-{scenario.key}-{run_id}"
@@ -747,7 +750,7 @@ def run_scenario(
             sampler = procstat.RssSampler(workers.pids, interval_s=0.5).start()
             concurrency = ConcurrencySampler(workers.metrics_ports).start()
             if produce_after_join is None:
-                first = workers.wait_first_consumed(60)
+                first = workers.wait_clock_start(60)
             else:
                 workers.wait_all_assigned(60)
                 time.sleep(GROUP_SETTLE_S)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import fastavro
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, Message, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 
@@ -46,8 +46,24 @@ class StopFlag:
 
 
 def announce_first(msg: Message) -> None:
-    """One JSON line on stdout when the first record arrives: the harness's start of the clock."""
+    """One JSON line on stdout when the first record arrives (for the log; the clock starts at the
+    assignment, see `AnnounceAssignment`)."""
     print(json.dumps({"first_consumed": time.time(), "partition": msg.partition()}), flush=True)
+
+
+class AnnounceAssignment:
+    """`on_assign` for `Consumer.subscribe`: one JSON line on stdout when the first partitions are
+    assigned, the harness's start of the clock. capi-consumer's clock starts at the same moment (its
+    "partitions assigned" log line), so every scenario's window includes the time from assignment to
+    the first fetched record."""
+
+    def __init__(self) -> None:
+        self._announced = False
+
+    def __call__(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        if partitions and not self._announced:
+            self._announced = True
+            print(json.dumps({"assigned": time.time()}), flush=True)
 
 
 class Records:

@@ -245,7 +245,8 @@ class SettleWindow:
         self._settled = 0
         self._failed = 0
 
-    def add(self, now: float, failed: bool) -> None:
+    def add(self, now: float, failed: bool, count: int = 1) -> None:
+        """`count` records settled at `now` (all failed, or none)."""
         second = int(now)
         buckets = self._buckets
         if buckets and buckets[-1][0] == second:
@@ -254,10 +255,11 @@ class SettleWindow:
             bucket = [second, 0, 0]
             buckets.append(bucket)
             self._expire(now)
-        bucket[1] += 1
-        bucket[2] += failed
-        self._settled += 1
-        self._failed += failed
+        failures = count if failed else 0
+        bucket[1] += count
+        bucket[2] += failures
+        self._settled += count
+        self._failed += failures
 
     def counts(self, now: float) -> tuple[int, int]:
         """(settled, failed) within the window ending at `now` (to one-second resolution)."""
@@ -282,8 +284,9 @@ class DeadLetterGuard:
         self.limits = limits
         self._window = SettleWindow(limits.window_s)
 
-    def settled(self, now: float, *, failed: bool) -> None:
-        self._window.add(now, failed)
+    def settled(self, now: float, *, failed: bool, count: int = 1) -> None:
+        """`count` records settled at `now`, dead-lettered (`failed`) or not."""
+        self._window.add(now, failed, count)
 
     def refuses(self, now: float) -> bool:
         """True when one more dead-letter copy would cross the limits."""

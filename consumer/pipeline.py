@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import operator
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -387,6 +388,14 @@ class Pipeline:
         if self._guard is not None:
             self._guard.settled(self.p.clock.monotonic(), failed=failed)
 
+    def _settle_accepted(self, tickets: list[Ticket]) -> None:
+        """`_settle(ticket, failed=False)` for each of a request's accepted events, the clock read once."""
+        settle = self.p.ledger.settle
+        for ticket in tickets:
+            settle(ticket)
+        if self._guard is not None and tickets:
+            self._guard.settled(self.p.clock.monotonic(), failed=False, count=len(tickets))
+
     # -- delivery
     def _launch(self, batch: Batch) -> None:
         task = asyncio.create_task(self._deliver(batch))
@@ -409,13 +418,23 @@ class Pipeline:
         p.metrics.batch_size.observe(len(batch.events))
         outcomes = await p.deliverer.deliver(destination, batch.events)
         accepted_at = p.clock.wall()
-        names: Counter[str] = Counter()
-        key_sets: Counter[tuple[str, ...]] = Counter()  # few distinct key sets: count those, not keys
-        latencies: list[float] = []
+        accepted = [event for event, failure in outcomes if failure is None]
+        others = [(event, failure) for event, failure in outcomes if failure is not None]
+        # Counted with Counter's C loop (a request carries up to 1,000 events): event names, and
+        # user_data key sets (few distinct ones: count those, not keys).
+        names = Counter(map(_EVENT_NAME, accepted))
+        key_sets = Counter(map(_USER_DATA_KEYS, accepted))
+        latencies = [
+            max(0.0, accepted_at - stamp / 1000)
+            for stamp in map(_RECORD_TIMESTAMP_MS, accepted)
+            if stamp is not None
+        ]
+        # The accepted events settle first (together: one clock read), then the others in order.
+        self._settle_accepted(list(map(_TICKET, accepted)))
         parked = False
         tenant = _tenant_of(destination.name)
-        for event, failure in outcomes:
-            if failure is not None and failure.reason == TENANT_PARKED:
+        for event, failure in others:
+            if failure.reason == TENANT_PARKED:
                 parked = True
                 self._park(
                     event.origin,
@@ -425,12 +444,6 @@ class Pipeline:
                     tenant=tenant,
                     event_time=event.event_time,
                 )
-            elif failure is None:
-                names[event.event_name] += 1
-                key_sets[event.user_data_keys] += 1
-                if event.record_timestamp_ms is not None:
-                    latencies.append(max(0.0, accepted_at - event.record_timestamp_ms / 1000))
-                self._settle(event.ticket, failed=False)
             else:
                 self._fail(event.origin, failure, event.ticket, requests=event.attempts)
         if p.parking is not None and destination.parks:
@@ -809,6 +822,10 @@ class Pipeline:
         p.source.close()
 
 
+_EVENT_NAME = operator.attrgetter("event_name")
+_USER_DATA_KEYS = operator.attrgetter("user_data_keys")
+_RECORD_TIMESTAMP_MS = operator.attrgetter("record_timestamp_ms")
+_TICKET = operator.attrgetter("ticket")
 _HELD = Failure(Stage.DELIVER, TENANT_PARKED, ErrorClass.DESTINATION, "tenant parked: held without a request")
 
 
