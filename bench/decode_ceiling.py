@@ -15,7 +15,7 @@ import sys
 
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.worker_common import AnnounceAssignment, Records, StopFlag, WireDecoder
+from bench.worker_common import AnnounceAssignment, StopFlag, WireDecoder, records
 
 COMMIT_INTERVAL_MS = 200
 
@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     consumer.subscribe(args.topics.split(","), on_assign=AnnounceAssignment())
-    records = Records()
     decoded = 0
     try:
         while not stop.stopped:

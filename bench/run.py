@@ -507,7 +507,7 @@ class Workers:
                         raise RuntimeError(payload["error"])
                     if "assigned" in payload:
                         return float(payload["assigned"])
-        raise RuntimeError(f"no record consumed within {timeout_s:.0f}s")
+        raise RuntimeError(f"no partition assigned within {timeout_s:.0f}s")
 
     def wait_all_assigned(self, timeout_s: float) -> None:
         """Until every process has logged a non-empty assignment: the group has formed."""

@@ -32,7 +32,7 @@ from facebook_business.adobjects.serverside.gender import Gender
 from facebook_business.adobjects.serverside.user_data import UserData
 from facebook_business.api import FacebookAdsApi
 
-from bench.worker_common import AnnounceAssignment, Records, StopFlag, WireDecoder
+from bench.worker_common import AnnounceAssignment, StopFlag, WireDecoder, records
 from bench.workload import PIXEL, TOKEN
 
 EVENTS_PER_REQUEST = 1000
@@ -132,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     consumer.subscribe(args.topics.split(","), on_assign=AnnounceAssignment())
     batch: list[Event] = []
     offsets: dict[tuple[str, int], int] = {}
-    records = Records()
 
     def send() -> None:
         EventRequest(events=batch, pixel_id=PIXEL).execute()  # raises FacebookRequestError

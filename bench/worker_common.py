@@ -45,12 +45,6 @@ class StopFlag:
         self.stopped = True
 
 
-def announce_first(msg: Message) -> None:
-    """One JSON line on stdout when the first record arrives (for the log; the clock starts at the
-    assignment, see `AnnounceAssignment`)."""
-    print(json.dumps({"first_consumed": time.time(), "partition": msg.partition()}), flush=True)
-
-
 class AnnounceAssignment:
     """`on_assign` for `Consumer.subscribe`: one JSON line on stdout when the first partitions are
     assigned, the harness's start of the clock. capi-consumer's clock starts at the same moment (its
@@ -66,24 +60,15 @@ class AnnounceAssignment:
             print(json.dumps({"assigned": time.time()}), flush=True)
 
 
-class Records:
-    """The records among consumed messages: partition EOFs skipped, any other Kafka error fatal, and
-    the first record announced (`announce_first`)."""
-
-    def __init__(self) -> None:
-        self._first = True
-
-    def __call__(self, messages: list[Message]) -> Iterator[Message]:
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    fail(f"kafka error: {err.str()}")
-                continue
-            if self._first:
-                announce_first(msg)
-                self._first = False
-            yield msg
+def records(messages: list[Message]) -> Iterator[Message]:
+    """The records among consumed messages: partition EOFs skipped, any other Kafka error fatal."""
+    for msg in messages:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                fail(f"kafka error: {err.str()}")
+            continue
+        yield msg
 
 
 def fail(message: str) -> None:

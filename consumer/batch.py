@@ -6,6 +6,7 @@ and its byte size is exact without serializing twice.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +34,14 @@ class PendingEvent:
     attempts: int = 0
     user_data_keys: tuple[str, ...] = ()
     """The user_data keys the event carries (match-key coverage metrics)."""
+
+
+# Field readers of PendingEvent for map() over a request's events (C loops: Counter, min, lists).
+EVENT_NAME = operator.attrgetter("event_name")
+EVENT_TIME = operator.attrgetter("event_time")
+USER_DATA_KEYS = operator.attrgetter("user_data_keys")
+RECORD_TIMESTAMP_MS = operator.attrgetter("record_timestamp_ms")
+TICKET = operator.attrgetter("ticket")
 
 
 @dataclass(slots=True)

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import operator
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ import aiohttp
 import orjson
 from yarl import URL  # aiohttp's own URL type (installed with it)
 
-from consumer.batch import PendingEvent
+from consumer.batch import EVENT_NAME, EVENT_TIME, PendingEvent
 from consumer.clock import SYSTEM_CLOCK, Clock
 from consumer.concurrency import AdaptiveSlots, ConcurrencySettings, Signal
 from consumer.errors import (
@@ -109,8 +108,6 @@ _MAX_CACHED_URLS = 100_000
 
 
 _SHORTEST_WINDOW_S: Final = min(MAX_EVENT_AGE_S, MAX_PHYSICAL_STORE_AGE_S)
-_EVENT_TIME = operator.attrgetter("event_time")
-_EVENT_NAME = operator.attrgetter("event_name")
 
 
 def expires_at(event: PendingEvent) -> float:
@@ -367,8 +364,8 @@ class Deliverer:
     def _sending(self, destination: Destination, events: Sequence[PendingEvent]) -> None:
         m = self._metrics
         now = self._clock.wall()
-        names = Counter(map(_EVENT_NAME, events))
-        m.event_age_at_send.observe_many([max(0.0, now - t) for t in map(_EVENT_TIME, events)])
+        names = Counter(map(EVENT_NAME, events))
+        m.event_age_at_send.observe_many([max(0.0, now - t) for t in map(EVENT_TIME, events)])
         for name, n in names.items():
             m.child(m.events_sent, destination.pixel_label, name).inc(n)
 
@@ -413,7 +410,7 @@ class Deliverer:
 
     def _drop_expired(self, events: list[PendingEvent], outcomes: list[Outcome]) -> list[PendingEvent]:
         now = self._clock.wall()
-        if now < min(map(_EVENT_TIME, events)) + _SHORTEST_WINDOW_S:
+        if now < min(map(EVENT_TIME, events)) + _SHORTEST_WINDOW_S:
             return events  # the oldest event is inside the shortest window (the usual case)
         keep: list[PendingEvent] = []
         for event in events:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import operator
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,15 @@ from typing import Any, TypeVar
 
 import orjson
 
-from consumer.batch import Batch, Batcher, PendingEvent
+from consumer.batch import (
+    EVENT_NAME,
+    RECORD_TIMESTAMP_MS,
+    TICKET,
+    USER_DATA_KEYS,
+    Batch,
+    Batcher,
+    PendingEvent,
+)
 from consumer.clock import SYSTEM_CLOCK, Clock
 from consumer.config import TENANT_PREFIX
 from consumer.decode import Decoder, RegistryUnavailable
@@ -422,15 +429,15 @@ class Pipeline:
         others = [(event, failure) for event, failure in outcomes if failure is not None]
         # Counted with Counter's C loop (a request carries up to 1,000 events): event names, and
         # user_data key sets (few distinct ones: count those, not keys).
-        names = Counter(map(_EVENT_NAME, accepted))
-        key_sets = Counter(map(_USER_DATA_KEYS, accepted))
+        names = Counter(map(EVENT_NAME, accepted))
+        key_sets = Counter(map(USER_DATA_KEYS, accepted))
         latencies = [
             max(0.0, accepted_at - stamp / 1000)
-            for stamp in map(_RECORD_TIMESTAMP_MS, accepted)
+            for stamp in map(RECORD_TIMESTAMP_MS, accepted)
             if stamp is not None
         ]
         # The accepted events settle first (together: one clock read), then the others in order.
-        self._settle_accepted(list(map(_TICKET, accepted)))
+        self._settle_accepted(list(map(TICKET, accepted)))
         parked = False
         tenant = _tenant_of(destination.name)
         for event, failure in others:
@@ -822,10 +829,6 @@ class Pipeline:
         p.source.close()
 
 
-_EVENT_NAME = operator.attrgetter("event_name")
-_USER_DATA_KEYS = operator.attrgetter("user_data_keys")
-_RECORD_TIMESTAMP_MS = operator.attrgetter("record_timestamp_ms")
-_TICKET = operator.attrgetter("ticket")
 _HELD = Failure(Stage.DELIVER, TENANT_PARKED, ErrorClass.DESTINATION, "tenant parked: held without a request")
 
 
