@@ -64,7 +64,17 @@ from consumer.config import (
     TopicConfig,
 )
 from consumer.normalize import MEMO_FIELDS, Memoized, Normalizer, Omission
-from consumer.validate import is_http_url, validate_event, validate_mapped_event
+from consumer.validate import (
+    BROAD_KEYS,
+    CHECKED_BY_SOURCE,
+    MAX_EVENT_AGE_S,
+    MAX_FUTURE_S,
+    MAX_PHYSICAL_STORE_AGE_S,
+    currency_codes,
+    is_http_url,
+    validate_event,
+    validate_mapped_event,
+)
 
 __all__ = [
     "EVENT_TYPE_NOT_SENT",
@@ -756,6 +766,8 @@ def _generate(
         "Omission": Omission,
         "is_http_url": is_http_url,
         "validate_mapped_event": validate_mapped_event,
+        "_BROAD_KEYS": BROAD_KEYS,
+        "_CURRENCIES": currency_codes(),
         "_clock": clock,
         "_event_time_of": _event_time_of,
         "_money": _money,
@@ -897,7 +909,7 @@ def _generate_body(
                 body.read(2, "value", path)
                 code(2, f"event['data_processing_options_{key}'] = value or 0")
 
-    code(1, "rejection = validate_mapped_event(event, now=_clock())")
+    _generate_validation(code, parts.action_source)
     code(1, "if rejection is not None:")
     code(2, "return Rejected('validate', rejection.reason, rejection.detail)")
     if plan.destination is not None:
@@ -912,6 +924,32 @@ def _generate_body(
             1, f"return Mapped({code.const(TENANT_PREFIX)} + tenant, event, user_data_omitted + url_omitted)"
         )
     return name
+
+
+def _generate_validation(code: Code, action_source: str) -> None:
+    """Emit code leaving `rejection`: what `validate_mapped_event` returns for `event`. An event that
+    plainly passes its checks (event_time within the window, a user_data key outside the broad
+    combinations, a finite number or no value and an ISO currency or none, where the event name allows
+    none) is accepted without the call; anything else gets the call, which finds the reason. Events
+    of the action sources with requirements of their own always get the call."""
+    if action_source in CHECKED_BY_SOURCE:
+        code(1, "rejection = validate_mapped_event(event, now=_clock())")
+        return
+    limit = MAX_PHYSICAL_STORE_AGE_S if action_source == "physical_store" else MAX_EVENT_AGE_S
+    code(1, "now = _clock()")
+    code(1, "v_value = custom_data.get('value')")
+    code(1, "v_currency = custom_data.get('currency')")
+    code(1, "if (")
+    code(2, f"event_time - now <= {MAX_FUTURE_S} and now - event_time <= {limit}")
+    code(2, "and not user_data.keys() <= _BROAD_KEYS")
+    code(2, "and (type(v_value) is float and v_value - v_value == 0.0 or type(v_value) is int")
+    code(3, "or v_value is None and event_name != 'Purchase')")
+    code(2, "and (type(v_currency) is str and v_currency in _CURRENCIES")
+    code(3, "or v_currency is None and event_name != 'Purchase')")
+    code(1, "):")
+    code(2, "rejection = None")
+    code(1, "else:")
+    code(2, "rejection = validate_mapped_event(event, now=now)")
 
 
 def _generate_user_data(
@@ -931,6 +969,9 @@ def _generate_user_data(
     by_parent: dict[tuple[str, ...], list[tuple[str, _Path]]] = {}
     for key, (path,) in plan.user_data:
         by_parent.setdefault(path.keys[:-1], []).append((key, path))
+    # A birthday read raw as a day count stays one for the memo's path (`Normalizer.days_adder`), and
+    # is converted only for the path without the memo.
+    raw_days: dict[str, Callable[[Any], Any]] = {}
     for parent, keys in by_parent.items():
         source = body.parent(parent)
         indent = 1
@@ -942,14 +983,21 @@ def _generate_user_data(
         for key, path in keys:
             code(indent, f"{values[key]} = {source}.get({path.keys[-1]!r})")
             converter = _raw_converter(path) if body.lean else None
-            if converter is not None:
-                code(indent, f"if {values[key]} is not None:")
-                code(indent + 1, f"{values[key]} = {code.const(converter)}({values[key]})")
+            if converter is None:
+                continue
+            if key == "db" and [k for k, _ in path.raw] == ["int-date"] and not path.raw_items:
+                raw_days[key] = converter
+                continue
+            code(indent, f"if {values[key]} is not None:")
+            code(indent + 1, f"{values[key]} = {code.const(converter)}({values[key]})")
     code(1, "try:")
     code(2, f"memo = {code.const(memo)}({', '.join(values[k] for k in memoized)})")
     code(1, "except TypeError:  # an unhashable value (a list where the schema has a scalar)")
     code(2, "memo = None")
     code(1, "if memo is None:")
+    for key, converter in raw_days.items():
+        code(2, f"if {values[key]} is not None:")
+        code(3, f"{values[key]} = {code.const(converter)}({values[key]})")
     code(2, "raw = {}")
     for key, _ in plan.user_data:
         code(2, f"_put_raw(raw, {key!r}, {values[key]})")
@@ -981,8 +1029,9 @@ def _generate_user_data(
         if not started:
             code(2, "user_data = {}")
             started = True
+        adder = normalizer.days_adder() if key in raw_days else normalizer.adder(key)
         code(2, f"if {values[key]} is not None:")
-        code(3, f"{code.const(normalizer.adder(key))}({values[key]}, hint, user_data, omitted)")
+        code(3, f"{code.const(adder)}({values[key]}, hint, user_data, omitted)")
     code(2, "user_data_omitted = tuple(omitted)")
 
 

@@ -396,6 +396,9 @@ class _Fail:
 
 
 _FAILS: Final = {reason: _Fail(reason) for reason in OMISSION_REASONS}
+_EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
+_DAYS_KEPT: Final = 50_000
+"""Birthdays kept by day count (`days_adder`): more than a century of days."""
 
 
 def _birth_date(value: str | dt.date, today: dt.date) -> str | _Fail:
@@ -605,6 +608,41 @@ class Normalizer:
 
             return add_one
         return functools.partial(add, field)
+
+    def days_adder(
+        self,
+    ) -> Callable[[object, str | None, dict[str, str | list[str]], list[Omission]], None]:
+        """`adder("db")` for a value that may be a date left raw by the decoder (an int: days since
+        1970-01-01, Avro's `date`, in the range a date can hold): what `adder("db")` does with that
+        date, without making it. Results are kept by day count for the current day."""
+        add_db = self.adder("db")
+        cached = self._birthday is not self._birthday_uncached
+        by_days: dict[int, Normalized | Omission] = {}
+        kept_for = [dt.date.min]
+
+        def add_days(
+            raw_value: object, hint: str | None, out: dict[str, str | list[str]], omitted: list[Omission]
+        ) -> None:
+            if type(raw_value) is not int:
+                add_db(raw_value, hint, out, omitted)
+                return
+            today = self._today()
+            if kept_for[0] != today:
+                by_days.clear()
+                kept_for[0] = today
+            result = by_days.get(raw_value)
+            if result is None:
+                result = self._birthday(dt.date.fromordinal(_EPOCH_ORDINAL + raw_value), today)
+                if cached:
+                    if len(by_days) >= _DAYS_KEPT:
+                        by_days.clear()
+                    by_days[raw_value] = result
+            if isinstance(result, Omission):
+                omitted.append(result)
+            else:
+                out["db"] = result.value
+
+        return add_days
 
     def _hint(self, country: object) -> str | None:
         """The country hint for ph, st and zp: the first of the raw `country` values that normalizes."""

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from capi_devstack import samples
 from consumer.config import AppConfig
 from consumer.decode import Decoder, parse_schema
-from consumer.mapping import Mapped, Mapper, MapResult, _money, _money_from_raw
+from consumer.mapping import Mapped, Mapper, MapResult, Rejected, _money, _money_from_raw
 from consumer.normalize import Normalizer
 from tests.unit import test_mapping_custom as custom
 
@@ -154,6 +154,53 @@ def test_generated_canonical_mappings_equal_the_interpreter(normalizer: Normaliz
         if isinstance(expected, Mapped):
             seen.add(bool(expected.omitted))
     assert len(seen) >= 4  # events with and without omissions, rejections (and the filtered, below)
+
+
+def _placed(**changes: Any) -> dict[str, Any]:
+    """A canonical `placed` order (a Purchase) with `changes` made to it (customer fields by name)."""
+    orders = (s.record for s in samples.mixed(20, now_ms=NOW_MS, seed=3) if s.kind == "order")
+    record = copy.deepcopy(next(orders))
+    record["event_type"] = "placed"
+    for key, value in changes.items():
+        if key in record["customer"]:
+            record["customer"][key] = value
+        else:
+            record[key] = value
+    return record
+
+
+_ONLY_BROAD = {f: None for f in ("customer_id", "email", "phone", "first_name", "last_name")}
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({}, None),
+        ({"occurred_at": NOW_MS + 60_000}, None),  # the last second the future limit allows
+        ({"occurred_at": NOW_MS + 61_000}, "event_in_future"),
+        ({"occurred_at": NOW_MS - 7 * 86_400_000}, None),  # exactly the oldest accepted
+        ({"occurred_at": NOW_MS - 7 * 86_400_000 - 1_000}, "event_too_old"),
+        ({"currency": "usd"}, None),
+        ({"currency": "ZZZ"}, "invalid_currency"),
+        ({"currency": " "}, "purchase_missing_currency"),
+        # Only keys of the broad combinations, but not all within one of them: accepted by the call.
+        ({**_ONLY_BROAD, "web_context": None}, None),
+        ({**_ONLY_BROAD, "web_context": None, "date_of_birth": None}, "insufficient_user_data"),
+    ],
+)
+def test_generated_validation_rejects_like_the_interpreter(
+    changes: dict[str, Any], reason: str | None
+) -> None:
+    """The generated code accepts plainly valid events without calling `validate_mapped_event`: at
+    each edge of what it accepts, the result is the interpreter's (which validates every event)."""
+    mapper = canonical_mapper(Normalizer(default_phone_region="US"))
+    decoder = canonical_decoder()
+    value = encode(ORDER, _placed(**changes))
+    expected = mapper.interpret("orders", decoder.decode("orders", value))
+    assert (expected.reason if isinstance(expected, Rejected) else None) == reason
+    lean, _ = decoder.decode_lean("orders", value)
+    assert_same(mapper.map("orders", lean, raw_logical=True), expected)
+    assert_same(mapper.map("orders", decoder.decode("orders", value)), expected)
 
 
 def test_generated_mapping_filters_like_the_interpreter() -> None:

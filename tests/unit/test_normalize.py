@@ -503,3 +503,26 @@ def test_birthdays_are_cached_per_day() -> None:
     assert reason(normalizer.normalize("db", tomorrow)) == "date_out_of_range"
     clock[0] += 2 * 86_400  # two days later it is a birthday of the past, whatever was cached
     assert normalized(normalizer.normalize("db", tomorrow)) == tomorrow.strftime("%Y%m%d")
+
+
+@pytest.mark.parametrize("cache_size", [65536, 0], ids=["cached", "uncached"])
+def test_days_adder_equals_the_db_adder_of_the_date(cache_size: int) -> None:
+    """A birthday left raw by the decoder (days since 1970-01-01) normalizes like the date it stands
+    for, also after the day changes (a birthday that was in the future no longer is)."""
+    now = [dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC).timestamp()]
+    normalizer = Normalizer(cache_size=cache_size, clock=lambda: now[0])
+    add_days, add_db = normalizer.days_adder(), normalizer.adder("db")
+    epoch = dt.date(1970, 1, 1)
+    today_days = (dt.date(2026, 12, 2) - epoch).days  # the earliest time zone's date
+    days = [0, -25_567, 7_000, today_days - 1, today_days, today_days + 1, today_days + 2]
+    for _ in range(2):  # the second time from what the first kept
+        for _day in range(2):
+            for n in [*days, "1990-05-17", dt.date(1990, 5, 17), "garbage"]:
+                value = epoch + dt.timedelta(days=n) if isinstance(n, int) else n
+                got: tuple[dict[str, str | list[str]], list[Omission]] = ({}, [])
+                want: tuple[dict[str, str | list[str]], list[Omission]] = ({}, [])
+                add_days(n, None, *got)
+                add_db(value, None, *want)
+                assert got == want, n
+            now[0] += 86_400
+        now[0] -= 2 * 86_400
