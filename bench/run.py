@@ -168,7 +168,7 @@ record moves by up to a third from one process to the next on the same code (a s
 ratio to (a) is taken against the mean of the two runs, and their range is shown beside it."""
 REPEATED_CONSUMER = "c2"
 """capi-consumer measured a second time, right after (a2), when both (a) and (c) run: its CPU per event
-moved between 89 and 103 µs in seven runs of the same code on one day, so each side of a ratio is the
+moved between 89 and 103 µs in eight runs of the same code on one day, so each side of a ratio is the
 mean of its two runs (also in ratios to (c)), with the range over the pairs of runs shown beside it."""
 REPEATS = {"a": REPEATED_CEILING, "c": REPEATED_CONSUMER}
 

@@ -49,7 +49,7 @@ from consumer.errors import (
     transport_error,
 )
 from consumer.metrics import Metrics
-from consumer.validate import MAX_EVENT_AGE_S, MAX_PHYSICAL_STORE_AGE_S
+from consumer.validate import MAX_EVENT_AGE_S, MAX_PHYSICAL_STORE_AGE_S, max_event_age_s
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ _SHORTEST_WINDOW_S: Final = min(MAX_EVENT_AGE_S, MAX_PHYSICAL_STORE_AGE_S)
 
 def expires_at(event: PendingEvent) -> float:
     """Unix seconds after which Meta refuses the event."""
-    window = MAX_PHYSICAL_STORE_AGE_S if event.action_source == "physical_store" else MAX_EVENT_AGE_S
+    window = max_event_age_s(event.action_source)
     return event.event_time + window
 
 

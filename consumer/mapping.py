@@ -67,11 +67,10 @@ from consumer.normalize import MEMO_FIELDS, Memoized, Normalizer, Omission
 from consumer.validate import (
     BROAD_KEYS,
     CHECKED_BY_SOURCE,
-    MAX_EVENT_AGE_S,
     MAX_FUTURE_S,
-    MAX_PHYSICAL_STORE_AGE_S,
     currency_codes,
     is_http_url,
+    max_event_age_s,
     validate_event,
     validate_mapped_event,
 )
@@ -935,7 +934,7 @@ def _generate_validation(code: Code, action_source: str) -> None:
     if action_source in CHECKED_BY_SOURCE:
         code(1, "rejection = validate_mapped_event(event, now=_clock())")
         return
-    limit = MAX_PHYSICAL_STORE_AGE_S if action_source == "physical_store" else MAX_EVENT_AGE_S
+    limit = max_event_age_s(action_source)
     code(1, "now = _clock()")
     code(1, "v_value = custom_data.get('value')")
     code(1, "v_currency = custom_data.get('currency')")

@@ -616,20 +616,21 @@ class Normalizer:
         1970-01-01, Avro's `date`, in the range a date can hold): what `adder("db")` does with that
         date, without making it. Results are kept by day count for the current day."""
         add_db = self.adder("db")
-        cached = self._birthday is not self._birthday_uncached
+        cached = hasattr(self._birthday, "cache_info")  # the birthday cache is on (cache_size > 0)
         by_days: dict[int, Normalized | Omission] = {}
-        kept_for = [dt.date.min]
+        kept_for = dt.date.min
 
         def add_days(
             raw_value: object, hint: str | None, out: dict[str, str | list[str]], omitted: list[Omission]
         ) -> None:
+            nonlocal kept_for
             if type(raw_value) is not int:
                 add_db(raw_value, hint, out, omitted)
                 return
             today = self._today()
-            if kept_for[0] != today:
+            if kept_for != today:
                 by_days.clear()
-                kept_for[0] = today
+                kept_for = today
             result = by_days.get(raw_value)
             if result is None:
                 result = self._birthday(dt.date.fromordinal(_EPOCH_ORDINAL + raw_value), today)

@@ -68,6 +68,12 @@ MAX_PHYSICAL_STORE_AGE_S: Final = 62 * 86_400
 MAX_FUTURE_S: Final = 60
 """How far event_time may lie after now, in seconds (undocumented by Meta; RudderStack's limit)."""
 
+
+def max_event_age_s(action_source: object) -> int:
+    """The oldest event_time Meta accepts for `action_source`, in seconds before now."""
+    return MAX_PHYSICAL_STORE_AGE_S if action_source == "physical_store" else MAX_EVENT_AGE_S
+
+
 APP_EXTINFO_LENGTH: Final = 16
 
 MISSING_FIELD: Final = "missing_field"
@@ -221,7 +227,7 @@ def _check_time(event: Mapping[str, Any], now: float) -> Rejection | None:
         return Rejection(
             EVENT_IN_FUTURE, f"event_time ({event_time - now:.0f} s ahead, limit {MAX_FUTURE_S} s)"
         )
-    limit = MAX_PHYSICAL_STORE_AGE_S if event["action_source"] == "physical_store" else MAX_EVENT_AGE_S
+    limit = max_event_age_s(event["action_source"])
     if now - event_time > limit:
         return Rejection(EVENT_TOO_OLD, f"event_time ({now - event_time:.0f} s old, limit {limit} s)")
     return None
