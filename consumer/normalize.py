@@ -46,6 +46,7 @@ from typing import Final
 
 import phonenumbers
 import pycountry
+from phonenumbers import phonenumberutil as _pnu
 
 from consumer.us_states import US_STATE_CODES
 
@@ -350,6 +351,75 @@ def _digits_for_parsing(text: str) -> str:
     return text
 
 
+# `phonenumbers.parse` spends about half its time on text that plain digits are not: an RFC 3966
+# context, the search for a number inside text, extensions, letters and non-ASCII digits. For an
+# input of ASCII digits after an optional `+` (what `_digits_for_parsing` gives), `_parse_digits`
+# runs only the steps of `parse` that such an input can take, with libphonenumber's own functions for
+# each (its private ones: constraints.txt pins the version, and the tests hold the result equal to
+# `parse` over every region's example numbers and generated ones). Whatever it cannot decide alone
+# (fewer than three digits, any NumberParseException, a library without these functions) goes to
+# `parse`, so the output is the library's in every case.
+_PLAIN_DIGITS_RE: Final = re.compile(r"\+?[0-9]{3,}")
+_SHORT_LENGTHS: Final = frozenset(
+    {
+        phonenumbers.ValidationResult.TOO_SHORT,
+        phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+        phonenumbers.ValidationResult.INVALID_LENGTH,
+    }
+)
+_PARSE_STEPS_PRESENT: Final = all(
+    hasattr(_pnu, name)
+    for name in (
+        "_maybe_extract_country_code",
+        "_maybe_strip_national_prefix_carrier_code",
+        "_test_number_length",
+        "_set_italian_leading_zeros_for_phone_number",
+        "_MIN_LENGTH_FOR_NSN",
+        "_MAX_LENGTH_FOR_NSN",
+    )
+)
+"""Whether the installed phonenumbers has the functions `_parse_digits` calls (else `parse` does all)."""
+
+
+def _parse_digits(reading: str, region: str | None) -> phonenumbers.PhoneNumber:
+    """`phonenumbers.parse(reading, region)` (`region` a supported region code or None)."""
+    plain = _PARSE_STEPS_PRESENT and _PLAIN_DIGITS_RE.fullmatch(reading) is not None
+    if not plain or (region is None and reading[0] != "+"):
+        return phonenumbers.parse(reading, region)
+    number = phonenumbers.PhoneNumber()
+    metadata = None if region is None else phonenumbers.PhoneMetadata.metadata_for_region(region, None)
+    try:
+        # `parse` passes None too when it has no region (its stubs say otherwise).
+        country_code, national = _pnu._maybe_extract_country_code(
+            reading,
+            metadata,  # type: ignore[arg-type]
+            False,
+            number,
+        )
+    except phonenumbers.NumberParseException:
+        return phonenumbers.parse(reading, region)  # it may retry, or raise what it raises
+    if country_code:
+        number_region = phonenumbers.region_code_for_country_code(country_code)
+        if number_region != region:
+            metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+                country_code, number_region
+            )
+    elif metadata is not None:
+        # No country code in the number: it is national (a `+` always yields one, or raises).
+        national = reading
+        number.country_code = metadata.country_code
+    if metadata is None or len(national) < _pnu._MIN_LENGTH_FOR_NSN:
+        return phonenumbers.parse(reading, region)  # raises
+    _carrier, stripped, _ = _pnu._maybe_strip_national_prefix_carrier_code(national, metadata)
+    if _pnu._test_number_length(stripped, metadata) not in _SHORT_LENGTHS:
+        national = stripped
+    if not _pnu._MIN_LENGTH_FOR_NSN <= len(national) <= _pnu._MAX_LENGTH_FOR_NSN:
+        return phonenumbers.parse(reading, region)  # raises
+    _pnu._set_italian_leading_zeros_for_phone_number(national, number)
+    number.national_number = int(national)
+    return number
+
+
 def _phone(text: str, region: str | None, *, shortcut: bool = True) -> str | None:
     """E.164 digits without `+`, or None. `region` is an uppercase phonenumbers region code.
     `shortcut=False` hands libphonenumber the text as it is (the tests compare the two)."""
@@ -366,7 +436,8 @@ def _phone(text: str, region: str | None, *, shortcut: bool = True) -> str | Non
     if shortcut:
         reading = _digits_for_parsing(reading)
     try:
-        number = phonenumbers.parse(reading, None if international else region)
+        region = None if international else region
+        number = _parse_digits(reading, region) if shortcut else phonenumbers.parse(reading, region)
     except phonenumbers.NumberParseException:
         return None
     # IS_POSSIBLE_LOCAL_ONLY (a number without its area code) cannot match anybody, so it is omitted.

@@ -7,6 +7,7 @@ import re
 import string
 import unicodedata
 
+import phonenumbers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from consumer.normalize import (
     Normalized,
     Normalizer,
     Omission,
+    _parse_digits,
     _phone,
 )
 from consumer.validate import _check_normalized_user_data, _check_user_data
@@ -166,6 +168,81 @@ def test_the_phone_shortcut_reads_every_number_as_libphonenumber_reads_the_whole
     # `_phone` hands libphonenumber only the digits of plain ASCII numbers; the output must be
     # exactly what it gives for the text as typed (including every refusal).
     assert _phone(text, region) == _phone(text, region, shortcut=False)
+
+
+ALL_PHONE_REGIONS = sorted(phonenumbers.SUPPORTED_REGIONS)
+
+
+def _parsed(reading: str, region: str | None, parse: object) -> tuple[object, ...]:
+    """What a parse gives, comparably: every field of the PhoneNumber, or the refusal's type."""
+    try:
+        number = parse(reading, region)  # type: ignore[operator]
+    except phonenumbers.NumberParseException as exc:
+        return ("refused", exc.error_type)
+    return (
+        number.country_code,
+        number.national_number,
+        number.italian_leading_zero,
+        number.number_of_leading_zeros,
+        number.extension,
+    )
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    reading=st.from_regex(r"\+?[0-9]{0,20}", fullmatch=True),
+    region=st.sampled_from([None, *ALL_PHONE_REGIONS]),
+)
+def test_parse_digits_gives_what_libphonenumber_parse_gives(reading: str, region: str | None) -> None:
+    # `_parse_digits` runs only the steps of `phonenumbers.parse` that plain digits take, with the
+    # library's own functions: the number (or the refusal) must be the same for any region.
+    assert _parsed(reading, region, _parse_digits) == _parsed(reading, region, phonenumbers.parse)
+
+
+def _region_shapes(region: str) -> set[tuple[str, str | None]]:
+    """Every example number of a region, written the ways people write them, read in its own region,
+    in another one and without one; plus near misses (a digit more, a digit less, extra zeros)."""
+    shapes: set[tuple[str, str | None]] = set()
+    country_code = phonenumbers.country_code_for_region(region)
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    idd = "00"
+    if metadata is not None:
+        idd = metadata.preferred_international_prefix or metadata.international_prefix or idd
+    for kind in phonenumbers.PhoneNumberType.values():
+        example = phonenumbers.example_number_for_type(region, kind)
+        if example is None:
+            continue
+        national = phonenumbers.national_significant_number(example)
+        prefix = (metadata.national_prefix or "") if metadata else ""
+        written = {
+            phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL),
+            phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.INTERNATIONAL),
+            phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164),
+            national,
+            prefix + national,
+            f"{country_code}{national}",
+            f"{country_code}{prefix}{national}",
+            f"+{country_code}{prefix}{national}",
+            f"00{country_code}{national}",
+            f"{idd if idd.isdigit() else '00'}{country_code}{national}",
+            national[:-1],
+            national + "0",
+            "0" + national,
+            "00" + national,
+        }
+        for text in written:
+            for hint in (region, "US", "GB", "IT", None):
+                shapes.add((text, hint))
+    return shapes
+
+
+def test_the_phone_shortcut_reads_every_regions_example_numbers_as_libphonenumber_does() -> None:
+    compared = 0
+    for region in ALL_PHONE_REGIONS:
+        for text, hint in _region_shapes(region):
+            assert _phone(text, hint) == _phone(text, hint, shortcut=False), (text, hint)
+            compared += 1
+    assert compared > 20_000  # every region took part
 
 
 def test_the_phone_shortcut_changes_nothing_on_the_benchmark_shapes_and_edge_cases() -> None:
