@@ -37,6 +37,7 @@ import datetime as dt
 import functools
 import hashlib
 import ipaddress
+import logging
 import re
 import time
 import unicodedata
@@ -49,6 +50,8 @@ import pycountry
 from phonenumbers import phonenumberutil as _pnu
 
 from consumer.us_states import US_STATE_CODES
+
+log = logging.getLogger(__name__)
 
 HASHED_FIELDS: Final[tuple[str, ...]] = (
     "em",
@@ -355,10 +358,11 @@ def _digits_for_parsing(text: str) -> str:
 # context, the search for a number inside text, extensions, letters and non-ASCII digits. For an
 # input of ASCII digits after an optional `+` (what `_digits_for_parsing` gives), `_parse_digits`
 # runs only the steps of `parse` that such an input can take, with libphonenumber's own functions for
-# each (its private ones: constraints.txt pins the version, and the tests hold the result equal to
-# `parse` over every region's example numbers and generated ones). Whatever it cannot decide alone
-# (fewer than three digits, any NumberParseException, a library without these functions) goes to
-# `parse`, so the output is the library's in every case.
+# each: private ones. constraints.txt (and so the image) pins the version, the tests hold the result
+# equal to `parse` over every region's example numbers and generated ones, and on first use
+# `_parse_steps_agree` checks every region's example number against `parse`, so that another version
+# whose steps changed costs speed, not correctness. Whatever it cannot decide alone (fewer than three
+# digits, any NumberParseException) goes to `parse`, so the output is the library's in every case.
 _PLAIN_DIGITS_RE: Final = re.compile(r"\+?[0-9]{3,}")
 _SHORT_LENGTHS: Final = frozenset(
     {
@@ -383,9 +387,58 @@ _PARSE_STEPS_PRESENT: Final = all(
 
 def _parse_digits(reading: str, region: str | None) -> phonenumbers.PhoneNumber:
     """`phonenumbers.parse(reading, region)` (`region` a supported region code or None)."""
-    plain = _PARSE_STEPS_PRESENT and _PLAIN_DIGITS_RE.fullmatch(reading) is not None
-    if not plain or (region is None and reading[0] != "+"):
-        return phonenumbers.parse(reading, region)
+    plain = _PLAIN_DIGITS_RE.fullmatch(reading) is not None and (region is not None or reading[0] == "+")
+    if plain and _parse_steps_agree():
+        return _parse_plain_digits(reading, region)
+    return phonenumbers.parse(reading, region)
+
+
+def _parse_fields(reading: str, region: str | None, parse: Callable[..., phonenumbers.PhoneNumber]) -> object:
+    """What `parse` makes of `reading`, comparably: the number's fields, or the refusal's type."""
+    try:
+        number = parse(reading, region)
+    except phonenumbers.NumberParseException as exc:
+        return exc.error_type
+    return (
+        number.country_code,
+        number.national_number,
+        number.italian_leading_zero,
+        number.number_of_leading_zeros,
+        number.extension,
+    )
+
+
+@functools.cache
+def _parse_steps_agree() -> bool:
+    """Whether `_parse_plain_digits` gives what `parse` gives for every region's example number,
+    written nationally (with and without the national prefix) and internationally. Checked once, so
+    that with a phonenumbers other than the pinned one, whose steps no longer add up to its `parse`,
+    every number goes to `parse` and only the speed is lost."""
+    agree = _PARSE_STEPS_PRESENT
+    try:
+        for region in sorted(phonenumbers.SUPPORTED_REGIONS) if agree else ():
+            example = phonenumbers.example_number(region)
+            if example is None:
+                continue
+            national = phonenumbers.national_significant_number(example)
+            written = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
+            dialled = phonenumbers.normalize_digits_only(written)  # with the national prefix
+            readings = ((national, region), (dialled, region), (f"+{example.country_code}{national}", None))
+            for reading, hint in readings:
+                expected = _parse_fields(reading, hint, phonenumbers.parse)
+                agree = agree and _parse_fields(reading, hint, _parse_plain_digits) == expected
+    except Exception:  # a changed signature or the like: the same verdict
+        agree = False
+    if not agree:
+        log.warning(
+            "phonenumbers %s: its parse steps differ from the pinned version's; phone numbers take parse",
+            phonenumbers.__version__,
+        )
+    return agree
+
+
+def _parse_plain_digits(reading: str, region: str | None) -> phonenumbers.PhoneNumber:
+    """`_parse_digits` for a reading of plain digits, not checked (see `_parse_steps_agree`)."""
     number = phonenumbers.PhoneNumber()
     metadata = None if region is None else phonenumbers.PhoneMetadata.metadata_for_region(region, None)
     try:
@@ -542,6 +595,7 @@ class Normalizer:
         memo_size: int = 8192,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        _parse_steps_agree()  # once per process: at start-up rather than on the first phone number
         self._phone_default: str | None = None
         if default_phone_region is not None:
             code = country_code(default_phone_region)

@@ -8,6 +8,7 @@ import string
 import unicodedata
 
 import phonenumbers
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from consumer.normalize import (
     Normalizer,
     Omission,
     _parse_digits,
+    _parse_steps_agree,
     _phone,
 )
 from consumer.validate import _check_normalized_user_data, _check_user_data
@@ -197,6 +199,33 @@ def test_parse_digits_gives_what_libphonenumber_parse_gives(reading: str, region
     # `_parse_digits` runs only the steps of `phonenumbers.parse` that plain digits take, with the
     # library's own functions: the number (or the refusal) must be the same for any region.
     assert _parsed(reading, region, _parse_digits) == _parsed(reading, region, phonenumbers.parse)
+
+
+def test_parse_digits_hands_numbers_to_parse_when_the_librarys_steps_changed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert _parse_steps_agree()
+    real_parse = phonenumbers.parse
+
+    def newer_parse(number: str, region: str | None = None) -> phonenumbers.PhoneNumber:
+        # A phonenumbers whose parse does one more thing to national numbers than its steps do.
+        parsed = real_parse(number, region)
+        if not number.startswith("+"):
+            parsed.national_number = (parsed.national_number or 0) + 1
+        return parsed
+
+    monkeypatch.setattr(phonenumbers, "parse", newer_parse)
+    _parse_steps_agree.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="consumer.normalize"):
+            assert not _parse_steps_agree()
+        assert "phone numbers take parse" in caplog.text
+        assert _parsed("02079460123", "GB", _parse_digits) == _parsed("02079460123", "GB", newer_parse)
+        assert _phone("020 7946 0123", "GB") == "442079460124"  # what that parse reads
+    finally:
+        monkeypatch.undo()
+        _parse_steps_agree.cache_clear()
+    assert _parse_steps_agree()
 
 
 def _region_shapes(region: str) -> set[tuple[str, str | None]]:
