@@ -414,19 +414,12 @@ def _parse_steps_agree() -> bool:
     written nationally (with and without the national prefix) and internationally. Checked once, so
     that with a phonenumbers other than the pinned one, whose steps no longer add up to its `parse`,
     every number goes to `parse` and only the speed is lost."""
-    agree = _PARSE_STEPS_PRESENT
     try:
-        for region in sorted(phonenumbers.SUPPORTED_REGIONS) if agree else ():
-            example = phonenumbers.example_number(region)
-            if example is None:
-                continue
-            national = phonenumbers.national_significant_number(example)
-            written = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
-            dialled = phonenumbers.normalize_digits_only(written)  # with the national prefix
-            readings = ((national, region), (dialled, region), (f"+{example.country_code}{national}", None))
-            for reading, hint in readings:
-                expected = _parse_fields(reading, hint, phonenumbers.parse)
-                agree = agree and _parse_fields(reading, hint, _parse_plain_digits) == expected
+        agree = _PARSE_STEPS_PRESENT and all(
+            _parse_fields(reading, hint, _parse_plain_digits)
+            == _parse_fields(reading, hint, phonenumbers.parse)
+            for reading, hint in _example_readings()
+        )
     except Exception:  # a changed signature or the like: the same verdict
         agree = False
     if not agree:
@@ -435,6 +428,20 @@ def _parse_steps_agree() -> bool:
             phonenumbers.__version__,
         )
     return agree
+
+
+def _example_readings() -> Iterable[tuple[str, str | None]]:
+    """Every region's example number as digits: national without and with the national prefix (read
+    in its region), and international (read without a region)."""
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        example = phonenumbers.example_number(region)
+        if example is None:
+            continue
+        national = phonenumbers.national_significant_number(example)
+        written = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
+        yield national, region
+        yield phonenumbers.normalize_digits_only(written), region
+        yield f"+{example.country_code}{national}", None
 
 
 def _parse_plain_digits(reading: str, region: str | None) -> phonenumbers.PhoneNumber:

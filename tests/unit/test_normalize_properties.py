@@ -20,6 +20,7 @@ from consumer.normalize import (
     Normalizer,
     Omission,
     _parse_digits,
+    _parse_fields,
     _parse_steps_agree,
     _phone,
 )
@@ -175,21 +176,6 @@ def test_the_phone_shortcut_reads_every_number_as_libphonenumber_reads_the_whole
 ALL_PHONE_REGIONS = sorted(phonenumbers.SUPPORTED_REGIONS)
 
 
-def _parsed(reading: str, region: str | None, parse: object) -> tuple[object, ...]:
-    """What a parse gives, comparably: every field of the PhoneNumber, or the refusal's type."""
-    try:
-        number = parse(reading, region)  # type: ignore[operator]
-    except phonenumbers.NumberParseException as exc:
-        return ("refused", exc.error_type)
-    return (
-        number.country_code,
-        number.national_number,
-        number.italian_leading_zero,
-        number.number_of_leading_zeros,
-        number.extension,
-    )
-
-
 @settings(max_examples=3000, deadline=None)
 @given(
     reading=st.from_regex(r"\+?[0-9]{0,20}", fullmatch=True),
@@ -198,7 +184,7 @@ def _parsed(reading: str, region: str | None, parse: object) -> tuple[object, ..
 def test_parse_digits_gives_what_libphonenumber_parse_gives(reading: str, region: str | None) -> None:
     # `_parse_digits` runs only the steps of `phonenumbers.parse` that plain digits take, with the
     # library's own functions: the number (or the refusal) must be the same for any region.
-    assert _parsed(reading, region, _parse_digits) == _parsed(reading, region, phonenumbers.parse)
+    assert _parse_fields(reading, region, _parse_digits) == _parse_fields(reading, region, phonenumbers.parse)
 
 
 def test_parse_digits_hands_numbers_to_parse_when_the_librarys_steps_changed(
@@ -220,7 +206,9 @@ def test_parse_digits_hands_numbers_to_parse_when_the_librarys_steps_changed(
         with caplog.at_level("WARNING", logger="consumer.normalize"):
             assert not _parse_steps_agree()
         assert "phone numbers take parse" in caplog.text
-        assert _parsed("02079460123", "GB", _parse_digits) == _parsed("02079460123", "GB", newer_parse)
+        assert _parse_fields("02079460123", "GB", _parse_digits) == _parse_fields(
+            "02079460123", "GB", newer_parse
+        )
         assert _phone("020 7946 0123", "GB") == "442079460124"  # what that parse reads
     finally:
         monkeypatch.undo()
